@@ -1,0 +1,110 @@
+"""RQ entry point: `workers.tasks.run_job(job_id)`, enqueued by dotted name with the JSON serializer.
+
+It moves the job record queued → running → succeeded | failed, forwards progress to the record, the
+job's event stream and RQ's job meta, and turns every failure into a readable reason. It never lets an
+exception escape for a failure it can explain, so RQ's own bookkeeping stays "finished" while our
+record carries the real outcome; reconciliation in `service.queue` covers the failures it cannot see
+(a killed work-horse, a lost worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+
+import torch
+from rq import get_current_job
+from rq.timeouts import JobTimeoutException
+
+from service import records
+from service.config import get_settings
+from service.spec import JobSpec
+from service.storage import DataDir
+from workers.errors import JobCanceled, JobFailure
+from workers.pipeline import run_pipeline
+
+log = logging.getLogger("lelastic.worker")
+
+#: Least seconds between two progress writes within one stage.
+PROGRESS_INTERVAL = 0.5
+
+
+class ProgressWriter:
+    """Writes progress to Redis at most every PROGRESS_INTERVAL s (always on a new stage)."""
+
+    def __init__(self, conn, job_id: str) -> None:
+        self.conn, self.job_id = conn, job_id
+        self.last_time, self.last_stage = 0.0, None
+        self.rq_job = get_current_job()
+
+    def __call__(self, fraction: float, stage: str, message: str) -> None:
+        now = time.monotonic()
+        if stage == self.last_stage and now - self.last_time < PROGRESS_INTERVAL and fraction < 1.0:
+            return
+        self.last_time, self.last_stage = now, stage
+        record = records.get_job(self.conn, self.job_id)
+        if record is None or record.status != "running":
+            raise JobCanceled(f"job is {record.status if record else 'gone'}; stopping")
+        records.set_progress(self.conn, self.job_id, fraction=fraction, stage=stage, message=message)
+        if self.rq_job is not None:
+            self.rq_job.meta["progress"] = {"fraction": fraction, "stage": stage, "message": message}
+            self.rq_job.save_meta()
+
+
+def run_job(job_id: str) -> str:
+    """Run lelastic job `job_id`; returns its final status."""
+    settings = get_settings()
+    conn = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    logging.basicConfig(level=settings.log_level)
+    started, before = records.transition(
+        conn, job_id, "running", allowed_from=("queued", "running"), fields={"started_at": records.now(), "error": ""}
+    )
+    if not started:
+        log.info("job %s is %s; not running it", job_id, before)
+        return before or "missing"
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    data_dir = DataDir(settings.data_dir)
+    job_dir = data_dir.job_dir(job_id)
+    try:
+        record = records.get_job(conn, job_id)
+        spec = JobSpec.model_validate(record.spec)
+        result = run_pipeline(
+            spec, job_dir=job_dir, data_dir=data_dir, device_setting=settings.device,
+            report=ProgressWriter(conn, job_id),
+        )
+        done, now_status = records.transition(
+            conn, job_id, "succeeded", allowed_from=("running",),
+            fields={"result": result, "finished_at": records.now()},
+        )
+        if not done:
+            data_dir.remove_job(job_id)
+            return now_status or "missing"
+        log.info("job %s succeeded in %.1f s", job_id, result["timings"]["total_seconds"])
+        return "succeeded"
+    except JobCanceled:
+        data_dir.remove_job(job_id)
+        return "canceled"
+    except JobTimeoutException:
+        return _fail(conn, data_dir, job_id, f"timeout: the job ran past the job time limit of {settings.job_timeout} s")
+    except JobFailure as error:
+        return _fail(conn, data_dir, job_id, str(error))
+    except torch.cuda.OutOfMemoryError:
+        return _fail(conn, data_dir, job_id, "out of GPU memory: use fewer examples or a narrower model")
+    except MemoryError:
+        return _fail(conn, data_dir, job_id, "out of memory: use fewer examples or a narrower model")
+    except OSError as error:
+        return _fail(conn, data_dir, job_id, f"storage error while writing artifacts: {error.strerror or error}")
+    except Exception as error:  # a bug: keep the worker alive, give the client a reason
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        return _fail(conn, data_dir, job_id, f"internal error: {type(error).__name__}: {error}")
+
+
+def _fail(conn, data_dir: DataDir, job_id: str, reason: str) -> str:
+    data_dir.remove_job(job_id)
+    records.transition(
+        conn, job_id, "failed", allowed_from=("running",), fields={"error": reason, "finished_at": records.now()}
+    )
+    log.warning("job %s failed: %s", job_id, reason)
+    return "failed"
