@@ -1,0 +1,82 @@
+"""Baseline clusterings on the raw inputs, to compare with the similarity-based clustering."""
+
+from __future__ import annotations
+
+import numpy as np
+
+BASELINES = ("kmeans_raw", "pca_kmeans", "spectral_rbf")
+
+
+def rbf_gamma(X: np.ndarray) -> float:
+    """Default RBF width ``gamma = 1 / (d · Var(X))`` (the "scale" rule), 1.0 for constant X.
+
+    Parameters
+    ----------
+    X : ndarray, shape (n, d)
+
+    Returns
+    -------
+    float
+    """
+    var = float(X.var())
+    return 1.0 / (X.shape[1] * var) if var > 0 else 1.0
+
+
+def run_baselines(
+    X: np.ndarray, *, k: int, seed: int, names: tuple[str, ...] | list[str] = BASELINES
+) -> dict[str, np.ndarray]:
+    """Cluster the raw inputs with each named baseline.
+
+    * ``"kmeans_raw"``: ``KMeans(k, n_init=10, random_state=seed)`` on X.
+    * ``"pca_kmeans"``: ``PCA(min(100, d, n − 1), random_state=seed)`` then the same K-means.
+    * ``"spectral_rbf"``: ``SpectralClustering(k, affinity="rbf", gamma=1 / (d · Var(X)),
+      random_state=seed)``; ``Var(X)`` is the variance of all entries of X, so gamma adapts to the
+      scale and dimension of the data (see :func:`rbf_gamma`).
+
+    Parameters
+    ----------
+    X : array_like, shape (n, ...)
+        Inputs; every trailing axis is flattened, giving (n, d).
+    k : int
+        Number of clusters, 1 ≤ k ≤ n.
+    seed : int
+        Seed of every randomised step.
+    names : sequence of str
+        Baselines to run, a subset of ``BASELINES``.
+
+    Returns
+    -------
+    dict
+        ``{name: ndarray of int64, shape (n,)}`` in the order of ``names``.
+    """
+    from sklearn.cluster import KMeans, SpectralClustering
+    from sklearn.decomposition import PCA
+
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim < 2:
+        raise ValueError(f"X must have shape (n, d, ...), got {X.shape}")
+    X = X.reshape(X.shape[0], -1)
+    n, d = X.shape
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X has non-finite entries (NaN or inf)")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in 1..n = {n}, got {k}")
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; expected names from {BASELINES}")
+
+    def kmeans(Z: np.ndarray) -> np.ndarray:
+        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(Z)
+
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "kmeans_raw":
+            labels = kmeans(X)
+        elif name == "pca_kmeans":
+            n_components = max(1, min(100, d, n - 1))
+            labels = kmeans(PCA(n_components=n_components, random_state=seed).fit_transform(X))
+        else:
+            model = SpectralClustering(n_clusters=k, affinity="rbf", gamma=rbf_gamma(X), random_state=seed)
+            labels = model.fit_predict(X)
+        out[name] = np.asarray(labels, dtype=np.int64)
+    return out
