@@ -1,0 +1,107 @@
+import pytest
+import torch
+
+from service.spec import CNNModel, LinearModel, MLPModel, ResMLPModel
+from workers.compute.models import build_model
+from workers.compute.ntk import ntk, ntk_diagonal, resolve_implementation
+
+
+def model64(spec, shape=(10,), seed=0):
+    return build_model(spec, list(shape), seed=seed).double()
+
+
+def data(n=9, shape=(10,), seed=1):
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def autograd_loop(model, X):
+    rows = []
+    for i in range(X.shape[0]):
+        model.zero_grad()
+        model(X[i : i + 1])[0].backward()
+        rows.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    J = torch.stack(rows)
+    return J @ J.T
+
+
+def test_linear_depth1_is_gram_plus_one_exactly():
+    model = model64(LinearModel(arch="linear", depth=1, width=3))
+    X = torch.randint(-3, 4, (7, 10)).double()  # integers: every product and sum is exact
+    K = ntk(model, X)
+    assert resolve_implementation(model) == "closed_form"
+    assert torch.equal(K, X @ X.T + 1)
+    assert torch.equal(ntk(model, X, implementation="layerwise"), X @ X.T + 1)
+    torch.testing.assert_close(ntk(model, X, implementation="jacobian"), X @ X.T + 1, rtol=1e-13, atol=1e-12)
+
+
+TWO_LAYER = [MLPModel(width=12, activation=a) for a in ("relu", "sigmoid", "tanh", "gelu")] + [
+    LinearModel(arch="linear", depth=2, width=6)
+]
+
+
+@pytest.mark.parametrize("spec", TWO_LAYER, ids=lambda s: s.model_dump_json())
+def test_closed_form_equals_layerwise_equals_jacobian(spec):
+    model, X = model64(spec), data()
+    Kc = ntk(model, X, implementation="closed_form")
+    torch.testing.assert_close(ntk(model, X, implementation="layerwise"), Kc, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ntk(model, X, implementation="jacobian"), Kc, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(autograd_loop(model, X), Kc, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ntk_diagonal(model, X), Kc.diag(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        LinearModel(arch="linear", depth=3, width=5),
+        MLPModel(depth=3, width=8, activation="relu"),
+        MLPModel(depth=3, width=8, activation="gelu"),
+        ResMLPModel(arch="resmlp", width=8),
+    ],
+    ids=lambda s: s.model_dump_json(),
+)
+def test_layerwise_equals_jacobian_deeper(spec):
+    model, X = model64(spec), data()
+    assert resolve_implementation(model) == "layerwise"
+    Kl = ntk(model, X)
+    torch.testing.assert_close(ntk(model, X, implementation="jacobian"), Kl, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(autograd_loop(model, X), Kl, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError):
+        ntk(model, X, implementation="closed_form")
+
+
+@pytest.mark.parametrize("shape", [(64,), (1, 16, 16)])
+def test_cnn_jacobian_equals_autograd_loop_and_tiles(shape):
+    model, X = model64(CNNModel(arch="cnn"), shape), data(5, shape)
+    assert resolve_implementation(model) == "jacobian"
+    expected = autograd_loop(model, X)
+    torch.testing.assert_close(ntk(model, X), expected, rtol=1e-11, atol=1e-11)
+    n_params = sum(p.numel() for p in model.parameters())
+    # budget for ~1 example per block and no cache: exercises the tiled recomputation path
+    tiny = ntk(model, X, max_bytes=6 * n_params * 8)
+    torch.testing.assert_close(tiny, expected, rtol=1e-11, atol=1e-11)
+    with pytest.raises(ValueError):
+        ntk(model, X, implementation="layerwise")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [MLPModel(width=16), ResMLPModel(arch="resmlp", width=8), CNNModel(arch="cnn")],
+    ids=lambda s: s.arch,
+)
+def test_symmetric_psd_and_permutation_equivariant(spec):
+    model, X = model64(spec, (64,)), data(8, (64,))
+    K = ntk(model, X)
+    torch.testing.assert_close(K, K.T, rtol=0, atol=1e-12 * K.abs().max())
+    assert torch.linalg.eigvalsh(K).min() > -1e-10 * K.abs().max()
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ntk(model, X[perm]), K[perm][:, perm], rtol=1e-12, atol=1e-12)
+
+
+def test_float32_in_float32_out_and_close_to_float64():
+    spec = MLPModel(width=32)
+    model = build_model(spec, [10], seed=0)
+    X = data().float()
+    K = ntk(model, X)
+    assert K.dtype == torch.float32 and K.shape == (9, 9)
+    K64 = ntk(model.double(), X.double())
+    assert float((K.double() - K64).abs().max() / K64.abs().max()) < 1e-5

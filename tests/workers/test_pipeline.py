@@ -1,0 +1,116 @@
+"""The job pipeline end to end in-process: spec → artifacts and result (no queue, real engine)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from service.spec import JobSpec
+from service.storage import DataDir
+from workers.errors import JobFailure
+from workers.pipeline import run_pipeline
+
+TINY = {
+    "dataset": {"builtin": "digits"},
+    "primary": {"indices": list(range(0, 60))},
+    "auxiliary": {"indices": list(range(60, 90))},
+    "model": {"arch": "mlp", "width": 64, "depth": 2, "activation": "relu"},
+    "weights": {"source": "trained", "epochs": 3, "lr": 0.003, "batch_size": 10},
+    "similarity": {"kind": "kernelized", "step": 0},
+    "clustering": {"k": 2, "method": "kernel_kmeans", "n_init": 3},
+    "seed": 3,
+}
+
+
+def run(tmp_path, spec: dict, name: str = "job"):
+    data_dir = DataDir(tmp_path / "data")
+    events = []
+    result = run_pipeline(
+        JobSpec.model_validate(spec), job_dir=data_dir.job_dir(name), data_dir=data_dir, device_setting="cpu",
+        report=lambda fraction, stage, message: events.append((fraction, stage)),
+    )
+    return result, data_dir.job_dir(name), events
+
+
+def test_pipeline_writes_every_artifact_and_a_consistent_result(tmp_path):
+    result, job_dir, events = run(tmp_path, TINY)
+    assert result["n"] == 60 and len(result["clusters"]) == 60
+    assert set(result["artifacts"]) == {
+        "similarity.npy", "primary_index.npy", "clusters.npy", "weights.safetensors", "heatmap.png", "result.json"
+    }
+    S = np.load(job_dir / "similarity.npy")
+    assert S.dtype == np.float32 and S.shape == (60, 60)
+    np.testing.assert_array_equal(S, S.T)  # symmetrize is the default
+    assert np.linalg.eigvalsh(S.astype(np.float64)).min() > -1e-3 * np.abs(S).max()  # an NTK is PSD
+    np.testing.assert_array_equal(np.load(job_dir / "primary_index.npy"), np.arange(60))
+    np.testing.assert_array_equal(np.load(job_dir / "clusters.npy"), result["clusters"])
+    assert set(result["metrics"]) >= {"accuracy", "ari", "nmi", "within_between_ratio"}
+    assert set(result["baselines"]) == {"kmeans_raw", "pca_kmeans", "spectral_rbf"}
+    assert result["training"]["final_loss"] >= 0
+    assert json.loads((job_dir / "result.json").read_text())["clusters"] == result["clusters"]
+    fractions = [fraction for fraction, _ in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {"load", "train", "similarity", "cluster", "write"} <= {stage for _, stage in events}
+
+
+def test_saved_weights_are_the_measured_theta(tmp_path):
+    from safetensors.numpy import load_file
+
+    from service.spec import MLPModel, parameter_shapes
+
+    result, job_dir, _ = run(tmp_path, TINY)
+    tensors = load_file(str(job_dir / "weights.safetensors"))
+    expected = parameter_shapes(MLPModel(width=64), [64])
+    assert {name: list(t.shape) for name, t in tensors.items()} == expected
+    # The kernel recomputed from the saved θ (closed form of a 2-layer ReLU net) equals the artifact.
+    X = np.load(job_dir / "primary_index.npy")
+    from workers.compute.datasets import load_builtin
+
+    x = load_builtin("digits").X[X].astype(np.float64)
+    W, b = tensors["layers.0.weight"].astype(np.float64), tensors["layers.0.bias"].astype(np.float64)
+    a = tensors["layers.1.weight"][0].astype(np.float64)
+    U = x @ W.T + b
+    H, D = np.maximum(U, 0), (U > 0).astype(np.float64)
+    K = H @ H.T + ((D * a**2) @ D.T) * (x @ x.T + 1) + 1
+    S = np.load(job_dir / "similarity.npy")
+    assert np.abs(S - K).max() / np.abs(K).max() < 1e-4
+
+
+def test_same_spec_and_seed_give_bitwise_identical_artifacts(tmp_path):
+    _, first, _ = run(tmp_path, TINY, "a")
+    _, second, _ = run(tmp_path, TINY, "b")
+    for name in ("similarity.npy", "clusters.npy", "weights.safetensors", "heatmap.png"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_synthetic_builtin_gets_an_elasticity_analysis(tmp_path):
+    spec = {
+        "dataset": {"builtin": "torus", "n": 80, "seed": 1},
+        "primary": {"labels": [1]},
+        "auxiliary": {"labels": [0]},
+        "model": {"arch": "mlp", "width": 128},
+        "weights": {"source": "init"},
+        "similarity": {"kind": "relative", "step": 0},
+        "clustering": None,
+        "baselines": [],
+    }
+    result, job_dir, _ = run(tmp_path, spec)
+    analysis = result["analysis"]
+    assert analysis["pairs"] == 40 * 39
+    assert -1 <= analysis["pearson"] <= 1 and -1 <= analysis["spearman"] <= 1
+    assert (job_dir / "elasticity.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_divergent_training_fails_with_a_reason_naming_the_epoch(tmp_path):
+    spec = dict(TINY, model={"arch": "linear", "depth": 2, "width": 256},
+                weights={"source": "trained", "epochs": 50, "lr": 5.0, "batch_size": 10})
+    with pytest.raises(JobFailure, match=r"epoch \d+.*lr"):
+        run(tmp_path, spec)
+
+
+def test_labels_missing_from_the_dataset_fail_with_a_reason(tmp_path):
+    spec = dict(TINY, primary={"labels": [3, 11]}, auxiliary=None)
+    with pytest.raises(JobFailure, match=r"\[11\]"):
+        run(tmp_path, spec)

@@ -1,0 +1,277 @@
+"""Exact empirical NTK in z-space: K[i, j] = ⟨∇θ z(x_i), ∇θ z(x_j)⟩, shape [n, n].
+
+Three implementations (`implementation` argument):
+
+- "closed_form": 2-layer nets (mlp depth 2, linear depth 1 and 2), pure GEMMs.
+- "layerwise": compositions of nn.Linear layers and pointwise functions (linear, mlp, resmlp): one
+  forward/backward with hooks, K = Σ_l (G_l G_lᵀ) ⊙ (A_l A_lᵀ + 1).
+- "jacobian": any model, torch.func per-example Jacobians tiled under a memory budget.
+
+"auto" picks the first that applies. The result has the dtype of the model's parameters (X is cast to
+it) and lives on their device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+from workers.compute.models import LayeredNet, ResMLP
+
+IMPLEMENTATIONS = ("auto", "closed_form", "layerwise", "jacobian")
+DEFAULT_MAX_BYTES = 2 * 2**30
+_BLOCK_BYTES = 256 * 2**20  # bound on the [block, n] temporaries of the blockwise products
+
+
+def activation_and_derivative(u: torch.Tensor, name: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(σ(u), σ'(u)) for an activation name (None: identity), autograd-free, same shape as u."""
+    if name is None:
+        return u, torch.ones_like(u)
+    if name == "relu":
+        return torch.relu(u), (u > 0).to(u.dtype)
+    if name == "sigmoid":
+        s = torch.sigmoid(u)
+        return s, s * (1 - s)
+    if name == "tanh":
+        t = torch.tanh(u)
+        return t, 1 - t * t
+    if name == "gelu":
+        cdf = 0.5 * (1 + torch.erf(u / math.sqrt(2)))
+        pdf = torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+        return u * cdf, cdf + u * pdf
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _row_blocks(n: int, row_bytes: int, limit: int = _BLOCK_BYTES) -> Iterator[slice]:
+    """Slices of rows such that block × row_bytes stays under `limit` (at least one row each)."""
+    block = max(1, min(n, limit // max(row_bytes, 1)))
+    for start in range(0, n, block):
+        yield slice(start, min(n, start + block))
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _flat(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    p = next(model.parameters())
+    return X.reshape(X.shape[0], -1).to(device=p.device, dtype=p.dtype)
+
+
+def is_two_layer(model: nn.Module) -> bool:
+    """True for LayeredNet models with at most 2 Linear layers (closed form applies)."""
+    return isinstance(model, LayeredNet) and len(model.layers) <= 2
+
+
+def two_layer_features(model: LayeredNet, X: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Hidden quantities of a depth-2 LayeredNet at X [n, ...] (float, model dtype).
+
+    Returns X [n, d], U = X W1ᵀ + b1 [n, m], H = σ(U), D = σ'(U) (all [n, m]), a = W2[0] [m], c [].
+    """
+    Xf = _flat(model, X)
+    first, second = model.layers
+    U = torch.addmm(first.bias, Xf, first.weight.t())
+    H, D = activation_and_derivative(U, model.activation)
+    return {"X": Xf, "U": U, "H": H, "D": D, "a": second.weight[0], "c": second.bias[0]}
+
+
+@torch.no_grad()
+def ntk_closed_form(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """K [n, n] for a LayeredNet of depth 1 (X Xᵀ + 1) or 2 (H Hᵀ + (D A² Dᵀ) ⊙ (X Xᵀ + 1) + 1)."""
+    if not is_two_layer(model):
+        raise ValueError("closed_form needs an mlp or linear model of depth 1 or 2")
+    if len(model.layers) == 1:
+        Xf = _flat(model, X)
+        return torch.addmm(torch.ones((), dtype=Xf.dtype, device=Xf.device), Xf, Xf.t())
+    first, second = model.layers
+    Xf = _flat(model, X)
+    n, m = Xf.shape[0], first.weight.shape[0]
+    one = torch.ones((), dtype=Xf.dtype, device=Xf.device)
+    K = torch.empty((n, n), dtype=Xf.dtype, device=Xf.device)  # Σ H Hᵀ, then the result
+    B = torch.empty((n, n), dtype=Xf.dtype, device=Xf.device)  # Σ (D a)(D a)ᵀ
+    # hidden units in chunks: peak memory is 2 n² + O(n · chunk) + O(block · n)
+    chunk = max(1, min(m, _BLOCK_BYTES // (16 * n * Xf.element_size())))
+    for c in range(0, m, chunk):
+        cols = slice(c, min(m, c + chunk))
+        U = torch.addmm(first.bias[cols], Xf, first.weight[cols].t())
+        H, D = activation_and_derivative(U, model.activation)
+        Da = D * second.weight[0, cols]
+        del U, D
+        beta = 0 if c == 0 else 1  # beta = 0 ignores the uninitialised buffers
+        K.addmm_(H, H.t(), beta=beta)
+        B.addmm_(Da, Da.t(), beta=beta)
+        del H, Da
+    for b in _row_blocks(n, n * Xf.element_size(), _BLOCK_BYTES // 8):
+        K[b].addcmul_(B[b], torch.addmm(one, Xf[b], Xf.t())).add_(1)  # ⊙ (X Xᵀ + 1)
+    return K
+
+
+def _linear_layers(model: nn.Module) -> list[nn.Linear]:
+    if not isinstance(model, LayeredNet | ResMLP):
+        raise ValueError("layerwise needs a linear, mlp or resmlp model (Linear layers + pointwise maps)")
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def layer_factors(model: nn.Module, X: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(A_l [n, in], G_l [n, out])] per Linear layer: its input and ∂(Σ z)/∂(its output)."""
+    layers = _linear_layers(model)
+    inputs: dict[int, torch.Tensor] = {}
+    grads: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def make_hook(k: int):
+        def hook(module, args, output):
+            inputs[k] = args[0].detach()
+            output.register_hook(lambda g: grads.__setitem__(k, g.detach()))
+
+        return hook
+
+    for k, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(make_hook(k)))
+    try:
+        with torch.enable_grad():
+            z = model(_flat(model, X))
+            z.sum().backward(inputs=[p for p in model.parameters()])
+    finally:
+        for h in handles:
+            h.remove()
+    for p in model.parameters():
+        p.grad = None
+    return [(inputs[k], grads[k]) for k in range(len(layers))]
+
+
+def ntk_layerwise(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """K [n, n] = Σ_l (G_l G_lᵀ) ⊙ (A_l A_lᵀ + 1), memory O(n · width) plus the result."""
+    factors = layer_factors(model, X)
+    A0 = factors[0][0]
+    n = A0.shape[0]
+    K = torch.zeros((n, n), dtype=A0.dtype, device=A0.device)
+    one = torch.ones((), dtype=A0.dtype, device=A0.device)
+    with torch.no_grad():
+        for A, G in factors:
+            for b in _row_blocks(n, 2 * n * A.element_size()):
+                T = torch.addmm(one, A[b], A.t())
+                T.mul_(torch.mm(G[b], G.t()))
+                K[b].add_(T)
+                del T
+    return K
+
+
+def _jacobian_fn(model: nn.Module):
+    """(params dict, fn(params, X_chunk) → J [c, P]) for per-example Jacobians of z."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def z_single(p, x):
+        return functional_call(model, p, (x.unsqueeze(0),))[0]
+
+    per_example = vmap(jacrev(z_single), in_dims=(None, 0))
+
+    def jac(p, Xc):
+        J = per_example(p, Xc)
+        return torch.cat([J[k].reshape(Xc.shape[0], -1) for k in p], dim=1)
+
+    return params, jac
+
+
+def ntk_jacobian(model: nn.Module, X: torch.Tensor, *, max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+    """K [n, n] = J Jᵀ from per-example Jacobians J [n, P], tiled so Jacobians stay under max_bytes.
+
+    Row blocks are sized so that two blocks (plus the per-example backward, counted ×3) fit the
+    budget; blocks are cached and reused while the budget allows, else recomputed per tile.
+    """
+    dtype = _param_dtype(model)
+    device = next(model.parameters()).device
+    Xd = X.to(device=device, dtype=dtype)
+    n = Xd.shape[0]
+    params, jac = _jacobian_fn(model)
+    P = sum(v.numel() for v in params.values())
+    row_bytes = 3 * P * Xd.element_size()
+    block = max(1, min(n, max_bytes // (2 * row_bytes)))
+    starts = list(range(0, n, block))
+    cache_cap = max(0, max_bytes // (block * P * Xd.element_size()) - 2)
+    cache: dict[int, torch.Tensor] = {}
+
+    def get(k: int) -> torch.Tensor:
+        if k in cache:
+            return cache[k]
+        J = jac(params, Xd[starts[k] : starts[k] + block])
+        if len(cache) < cache_cap:
+            cache[k] = J
+        return J
+
+    K = torch.empty((n, n), dtype=dtype, device=device)
+    with torch.no_grad():
+        for bi in range(len(starts)):
+            Ji = get(bi)
+            rows = slice(starts[bi], starts[bi] + Ji.shape[0])
+            for bj in range(bi, len(starts)):
+                Jj = Ji if bj == bi else get(bj)
+                cols = slice(starts[bj], starts[bj] + Jj.shape[0])
+                K[rows, cols] = Ji @ Jj.t()
+                if bj != bi:
+                    K[cols, rows] = K[rows, cols].t()
+    return K
+
+
+def resolve_implementation(model: nn.Module, implementation: str = "auto") -> str:
+    """The implementation "auto" picks for this model (or the given one, checked)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation != "auto":
+        return implementation
+    if is_two_layer(model):
+        return "closed_form"
+    if isinstance(model, LayeredNet | ResMLP):
+        return "layerwise"
+    return "jacobian"
+
+
+def ntk(
+    model: nn.Module, X: torch.Tensor, *, implementation: str = "auto", max_bytes: int = DEFAULT_MAX_BYTES
+) -> torch.Tensor:
+    """Empirical NTK K [n, n] of z at X [n, *input_shape], in the parameters' dtype and device."""
+    which = resolve_implementation(model, implementation)
+    if which == "closed_form":
+        return ntk_closed_form(model, X)
+    if which == "layerwise":
+        return ntk_layerwise(model, X)
+    return ntk_jacobian(model, X, max_bytes=max_bytes)
+
+
+def ntk_diagonal(model: nn.Module, X: torch.Tensor, *, max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+    """diag(K) [n] = ‖∇θ z(x_i)‖², without forming the n × n matrix."""
+    which = resolve_implementation(model)
+    with torch.no_grad():
+        if which == "closed_form" and len(model.layers) == 2:
+            f = two_layer_features(model, X)
+            e = (f["X"] * f["X"]).sum(1) + 1
+            return (f["H"] ** 2).sum(1) + ((f["D"] * f["a"]) ** 2).sum(1) * e + 1
+    if which in ("closed_form", "layerwise"):
+        factors = layer_factors(model, X)
+        with torch.no_grad():
+            return sum((G * G).sum(1) * ((A * A).sum(1) + 1) for A, G in factors)
+    params, jac = _jacobian_fn(model)
+    P = sum(v.numel() for v in params.values())
+    Xd = X.to(dtype=_param_dtype(model), device=next(model.parameters()).device)
+    block = max(1, max_bytes // (3 * P * Xd.element_size()))
+    with torch.no_grad():
+        return torch.cat([(jac(params, Xd[s : s + block]) ** 2).sum(1) for s in range(0, Xd.shape[0], block)])
+
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "IMPLEMENTATIONS",
+    "activation_and_derivative",
+    "layer_factors",
+    "ntk",
+    "ntk_closed_form",
+    "ntk_diagonal",
+    "ntk_jacobian",
+    "ntk_layerwise",
+    "resolve_implementation",
+    "two_layer_features",
+]

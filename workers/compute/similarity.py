@@ -1,0 +1,243 @@
+"""Local-elasticity similarity S [n, n]: row i = the example stepped on, column j = the one observed.
+
+Definitions (θ_i = θ − η ∇θ L(f(x_i; θ), 1), Δf_ij = f(x_j; θ_i) − f(x_j; θ)):
+
+- kernelized: S_ij = Δf_ij / (−η ∂L/∂f at (x_i, 1)); limit η → 0: K_f = s_i s_j K_z, s = ∂f/∂z.
+- relative:   S_ij = |Δf_ij| / |Δf_ii|; limit |K_f(i, j)| / K_f(i, i).
+- activation: cosine similarity of the first-layer ReLU on/off patterns.
+
+step == 0 uses the exact limit (the NTK). step > 0 with schedule "fixed" is the exact one-step
+definition from a fixed θ, via a GEMM-only formula for 2-layer ReLU/linear nets (`_two_layer_rows`)
+and float64 torch.func otherwise (`_generic_rows`); "trajectory" is Algorithm 1 (trajectory.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.compute.models import LayeredNet, ResMLP
+from workers.compute.ntk import is_two_layer, ntk, two_layer_features
+from workers.compute.trajectory import (
+    dfdz,
+    dloss_dz,
+    float64_params,
+    kernel_rows,
+    per_example_grads,
+    predict,
+    rows_to_similarity,
+    trajectory_similarity,
+)
+
+Progress = Callable[[float, str], None]
+KINDS = ("kernelized", "relative", "activation")
+_BLOCK_BYTES = 128 * 2**20  # [block, n] / [block, m] temporaries of the two-layer path
+_SEGMENT = 2**20  # ReLU-crossing candidates evaluated at once
+_GENERIC_BYTES = 2**30  # per-chunk budget of the generic path
+
+
+def postprocess(S: np.ndarray, *, symmetrize: bool, normalize: bool) -> np.ndarray:
+    """(S + Sᵀ)/2 if symmetrize, then S_ij / sqrt(S_ii S_jj) if normalize (rows/cols with S_ii ≤ 0 → 0)."""
+    S = np.asarray(S, dtype=np.float64)
+    if symmetrize:
+        S = (S + S.T) / 2
+    if normalize:
+        d = np.diag(S).copy()
+        inv = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0.0)
+        S = S * inv[:, None] * inv[None, :]
+    return S.astype(np.float32)
+
+
+def activation_similarity(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity [n, n] of first-layer ReLU patterns 1[U > 0] (mlp with relu, or resmlp)."""
+    if isinstance(model, ResMLP):
+        first = model.fc1
+    elif isinstance(model, LayeredNet) and model.activation == "relu" and len(model.layers) > 1:
+        first = model.layers[0]
+    else:
+        raise ValueError("kind 'activation' needs an mlp with relu activation or a resmlp")
+    with torch.no_grad():
+        Xf = X.reshape(X.shape[0], -1).to(first.weight)
+        P = (torch.addmm(first.bias, Xf, first.weight.t()) > 0).to(Xf.dtype)
+        norm = P.sum(1).sqrt()
+        inv = torch.where(norm > 0, 1 / torch.where(norm > 0, norm, 1), 0)
+        return (P @ P.t()) * inv[:, None] * inv[None, :]
+
+
+def _fast_applicable(model: nn.Module) -> bool:
+    return is_two_layer(model) and model.activation in (None, "relu")
+
+
+def _z64(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    params = float64_params(model)
+    with torch.no_grad():
+        return predict(model, params, X.to(next(iter(params.values())).device, torch.float64))
+
+
+@torch.no_grad()
+def _two_layer_rows(model: LayeredNet, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Q [n, n] = Δz / (−s_i), exactly, for a depth-1/2 LayeredNet with relu or no activation.
+
+    With e_ij = x_i·x_j + 1, D = σ'(U), a = W2[0], h_i = σ(u_i):
+      Q = e ⊙ ((D a − s H)(D a)ᵀ) + H Hᵀ + 1 + C,
+      C_ij = Σ_r (a_r − s_i h_ir) X_ijr / (−s_i), the ReLU-crossing correction (u_jr and
+      u_jr + δ_ijr of different sign, δ_ijr = −s_i e_ij a_r σ'_ir), over candidates with
+      |u_jr| / |a_r| ≤ |s_i| max_j |e_ij|, found from one sort.
+    Computed in the model's dtype (all terms are O(1): nothing cancels).
+    """
+    if len(model.layers) == 1:
+        Xf = X.reshape(X.shape[0], -1).to(model.layers[0].weight)
+        return torch.addmm(torch.ones((), dtype=Xf.dtype, device=Xf.device), Xf, Xf.t())
+    f = two_layer_features(model, X)
+    Xf, U, H, D, a = f["X"], f["U"], f["H"], f["D"], f["a"]
+    n, m = U.shape
+    s = s.to(U)
+    R = D * a
+    relu = model.activation == "relu"
+    if relu:
+        norms = Xf.norm(dim=1)
+        tau = s.abs() * (norms * norms.max() + 1)  # ≥ |s_i| max_j |e_ij|
+        tau = torch.where(s == 0, torch.full_like(tau, -1.0), tau)
+        rho = torch.where(a != 0, U.abs() / a.abs(), torch.full_like(U, float("inf"))).reshape(-1)
+        candidates = torch.nonzero(rho <= tau.max()).reshape(-1)
+        rho_sorted, perm = torch.sort(rho[candidates])
+        cand_sorted = candidates[perm]
+        counts = torch.searchsorted(rho_sorted, tau, right=True)
+        ends = torch.cumsum(counts, 0)
+        starts = ends - counts
+    Q = torch.empty((n, n), dtype=U.dtype, device=U.device)
+    one = torch.ones((), dtype=U.dtype, device=U.device)
+    block = max(1, min(n, _BLOCK_BYTES // (4 * max(n, m) * U.element_size())))
+    for b0 in range(0, n, block):
+        b = slice(b0, min(n, b0 + block))
+        E = torch.addmm(one, Xf[b], Xf.t())
+        L = R[b] - s[b, None] * H[b]
+        T = torch.mm(L, R.t()).mul_(E)
+        torch.addmm(T, H[b], H.t(), out=Q[b]).add_(1)
+        del T, L
+        if relu:
+            t_lo, t_hi = int(starts[b0]), int(ends[b.stop - 1])
+            for t0 in range(t_lo, t_hi, _SEGMENT):
+                t = torch.arange(t0, min(t_hi, t0 + _SEGMENT), device=U.device)
+                i = torch.searchsorted(ends, t, right=True)
+                flat = cand_sorted[t - starts[i]]
+                j, r = flat // m, flat % m
+                keep = D[i, r] > 0
+                i, j, r = i[keep], j[keep], r[keep]
+                si, ar, u = s[i], a[r], U[j, r]
+                new = u - si * E[i - b0, j] * ar
+                down, up = (u > 0) & (new <= 0), (u <= 0) & (new > 0)
+                value = torch.where(down, new, torch.where(up, -new, torch.zeros_like(new))) / si
+                Q.view(-1).index_add_(0, i * n + j, (ar - si * H[i, r]) * value)
+        del E
+    return Q
+
+
+@torch.no_grad()
+def _limit(model: nn.Module, X: torch.Tensor, *, kind: str, loss: str) -> torch.Tensor:
+    """The η → 0 limit [n, n] from K_z, in place.
+
+    K_f = w_i w_j K_z (w = ∂f/∂z); relative: |K_f| / K_f(i, i).
+    """
+    K = ntk(model, X)
+    if loss == "bce":
+        w = dfdz(model(X.to(K.dtype)), loss)
+        K.mul_(w[:, None]).mul_(w[None, :])
+    if kind == "relative":
+        d = K.diagonal().abs().clone()
+        K.abs_().div_(torch.where(d > 0, d, torch.full_like(d, float("inf")))[:, None])
+    return K
+
+
+def _generic_rows(
+    model: nn.Module, X: torch.Tensor, s: torch.Tensor, z: torch.Tensor, progress: Progress | None
+) -> torch.Tensor:
+    """Q [n, n] float64 = (z(x_j; θ − s_i ∇z_i) − z(x_j; θ)) / (−s_i) via torch.func, chunked over i.
+
+    Rows with s_i = 0 use the limit K_z row (Jacobian-vector products).
+    """
+    params = float64_params(model)
+    X64 = X.to(z.device, torch.float64)
+    n = X64.shape[0]
+    n_params = sum(p.numel() for p in params.values())
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: sizes.append(o.numel())) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            predict(model, params, X64[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    per_probe = 8 * (3 * n_params + 3 * n * sum(sizes))
+    chunk = max(1, min(n, _GENERIC_BYTES // per_probe))
+    forward_all = torch.func.vmap(lambda p: predict(model, p, X64))
+    Q = torch.empty((n, n), dtype=torch.float64, device=z.device)
+    last = time.monotonic()
+    for c0 in range(0, n, chunk):
+        rows = slice(c0, min(n, c0 + chunk))
+        g = per_example_grads(model, params, X64[rows])
+        with torch.no_grad():
+            si = s[rows]
+            stepped = {k: p - si.reshape(-1, *[1] * p.dim()) * g[k] for k, p in params.items()}
+            safe = torch.where(si == 0, torch.ones_like(si), si)
+            Q[rows] = (forward_all(stepped) - z) / (-safe[:, None])
+            zero = torch.nonzero(si == 0).reshape(-1)
+            if zero.numel():
+                Q[c0 + zero] = kernel_rows(model, params, X64, {k: v[zero] for k, v in g.items()})
+        if progress is not None and time.monotonic() - last >= 2.0:
+            last = time.monotonic()
+            progress(rows.stop / n, f"exact steps {rows.stop}/{n}")
+    return Q
+
+
+def similarity(
+    model: nn.Module,
+    X: torch.Tensor,
+    *,
+    kind: str,
+    step: float,
+    loss: str,
+    schedule: str = "fixed",
+    X_aux: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Raw similarity S [n, n] float32 over the primary examples X [n, *input_shape] (all y = 1).
+
+    X_aux [m, ...] (y = 0) and seed are used by schedule "trajectory" only. Runs on the model's
+    device; the model is not modified.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if schedule not in ("fixed", "trajectory"):
+        raise ValueError(f"unknown schedule {schedule!r}")
+    device = next(model.parameters()).device
+    X = X.to(device)
+    if kind == "activation":
+        S = activation_similarity(model, X)
+    elif schedule == "trajectory":
+        if step <= 0:
+            raise ValueError("schedule 'trajectory' needs step > 0")
+        S = trajectory_similarity(
+            model, X, kind=kind, step=step, loss=loss, X_aux=X_aux, seed=seed, progress=progress
+        )
+    elif step == 0:
+        S = _limit(model, X, kind=kind, loss=loss)
+    else:
+        z = _z64(model, X)
+        s = step * dloss_dz(z, 1.0, loss)
+        if _fast_applicable(model):
+            Q = _two_layer_rows(model, X, s)
+        else:
+            Q = _generic_rows(model, X, s, z, progress)
+        S = rows_to_similarity(Q, z, s, kind=kind, loss=loss)
+    if progress is not None:
+        progress(1.0, "similarity done")
+    return S.detach().to("cpu", torch.float32).numpy()
+
+
+__all__ = ["KINDS", "activation_similarity", "dfdz", "postprocess", "similarity"]
