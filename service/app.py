@@ -1,0 +1,56 @@
+"""The FastAPI application: `create_app()` wires settings, Redis, the data dir, routers and errors.
+
+Run it with `uvicorn --factory service.app:create_app`. This module (and everything it imports) must
+never import torch, scikit-learn or the `workers` package: jobs are enqueued by dotted name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import records
+from service.config import Settings, get_settings
+from service.errors import install_error_handlers
+from service.routes import datasets, health, jobs, metrics
+from service.schemas import ErrorOut
+from service.storage import DataDir
+
+DESCRIPTION = """
+Local-elasticity similarity service. Upload a dataset (or use a builtin), submit a job spec, follow
+its progress (poll or Server-Sent Events), then fetch the similarity matrix, the clusterings and the
+baselines. Every error body is `{"detail": [{"loc": [...], "msg": "...", "input": ...}]}`.
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if not settings.redis_url:
+        raise RuntimeError("LELASTIC_REDIS_URL is not set: the API needs the Redis/Valkey server's URL")
+    app.state.redis = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    app.state.data_dir = DataDir(settings.data_dir)
+    try:
+        yield
+    finally:
+        app.state.redis.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API for `settings` (default: the process settings from the environment)."""
+    app = FastAPI(
+        title="lelastic",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses={500: {"model": ErrorOut, "description": "Unexpected server error."}},
+    )
+    app.state.settings = settings or get_settings()
+    app.state.http_metrics = metrics.HttpMetrics()
+    app.add_middleware(metrics.HttpMetricsMiddleware, http_metrics=app.state.http_metrics)
+    install_error_handlers(app)
+    for router in (datasets.router, jobs.router, health.router, metrics.router):
+        app.include_router(router)
+    return app

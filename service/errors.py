@@ -1,0 +1,129 @@
+"""Errors the API answers with, and the handlers that turn them into JSON.
+
+Every error body has FastAPI's shape, so a client parses one format::
+
+    {"detail": [{"loc": ["body", "primary", "labels"], "msg": "...", "input": [3, 7]}, ...]}
+
+`loc` names the field (or header, path or query parameter), `msg` says what is wrong and what is
+allowed, `input` echoes the bad value. Request-validation errors from pydantic keep FastAPI's 422
+format (with `type` and `ctx`), only made safe for values JSON cannot carry (NaN, ±Inf).
+
+The tree (catch at the level you care about)::
+
+    ServiceError                    500 unless a subclass says otherwise
+    ├── InvalidInput                422  the request is well-formed but its content is not acceptable
+    ├── NotFound                    404  no such dataset / job / artifact (for this tenant)
+    ├── Conflict                    409  the resource is in a state that forbids the operation
+    ├── PayloadTooLarge             413  the upload is larger than `max_upload_bytes`
+    └── Unavailable                 503  Redis (or another dependency) cannot be reached
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("lelastic.api")
+
+Loc = list[str | int]
+
+
+def issue(loc: Loc, msg: str, value: Any = None) -> dict[str, Any]:
+    """One entry of an error body's `detail` list."""
+    return {"loc": list(loc), "msg": msg, "input": value}
+
+
+class ServiceError(Exception):
+    """Base of every error the API raises on purpose. Carries the `detail` entries of the body."""
+
+    status_code = 500
+
+    def __init__(self, issues: list[dict[str, Any]], *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, i['loc']))}: {i['msg']}" for i in issues))
+        self.issues = issues
+        self.extra = extra or {}
+
+    @classmethod
+    def at(cls, loc: Loc, msg: str, value: Any = None, **extra: Any) -> ServiceError:
+        """The error with a single entry (`extra` goes beside `detail` in the body)."""
+        return cls([issue(loc, msg, value)], extra=extra)
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+
+
+class Unavailable(ServiceError):
+    status_code = 503
+
+
+def json_safe(value: Any) -> Any:
+    """`value` made JSON-encodable: NaN/±Inf become the strings "nan"/"inf"/"-inf"."""
+    value = jsonable_encoder(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    return value
+
+
+def error_response(status_code: int, issues: list[dict[str, Any]], **extra: Any) -> JSONResponse:
+    return JSONResponse(status_code=status_code, content=json_safe({"detail": issues, **extra}))
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.status_code, exc.issues, **exc.extra)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, list(exc.errors()))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    msg = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404:
+        msg = f"no route {request.url.path!r}; the API lives under /v1 (see /docs)"
+    elif exc.status_code == 405:
+        msg = f"method {request.method} is not allowed on this path (see the Allow header)"
+    response = error_response(exc.status_code, [issue(["path"], msg, request.url.path)])
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis error on %s %s: %r", request.method, request.url.path, exc)
+    return error_response(503, [issue(["redis"], f"the job store is unreachable right now: {exc}", None)])
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the one mapping from errors to JSON responses."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(redis.exceptions.RedisError, _redis_error)
