@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$", description="Worker device: auto, cpu or cuda[:N].")
     torch_threads: int = Field(0, ge=0, description="CPU threads per worker job (0: torch's default).")
     log_level: str = Field("INFO", description="Log level of every process.")
+    api_keys_file: Path | None = Field(
+        None,
+        description="File of `<tenant> <sha256 hex>` lines (`lelastic keys create`). Unset: no auth, "
+        "allowed only when the API is bound to loopback.",
+    )
 
 
 @lru_cache

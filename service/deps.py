@@ -6,13 +6,16 @@ these functions hand them out (tests override them with `app.dependency_override
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import redis
 from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service import records
+from service import auth, records
 from service.config import Settings
+from service.errors import Unauthorized
 from service.storage import DataDir
 
 
@@ -28,9 +31,38 @@ def get_data_dir(request: Request) -> DataDir:
     return request.app.state.data_dir
 
 
-def get_tenant() -> str:
-    """The caller's tenant. Everyone is `default` for now; API-key auth will map a key to a tenant here."""
-    return records.DEFAULT_TENANT
+def get_tenant(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> str:
+    """The caller's tenant, from `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+
+    Without a keys file the service is open and everyone is the `default` tenant.
+    """
+    keys_file = request.app.state.settings.api_keys_file
+    if keys_file is None:
+        return records.DEFAULT_TENANT
+    key = bearer.credentials if bearer is not None else api_key
+    tenant = auth.tenant_for(key, _load_keys(keys_file)) if key else None
+    if tenant is None:
+        raise Unauthorized("missing API key" if not key else "unknown API key")
+    return tenant
+
+
+def _load_keys(path: Path) -> list[tuple[str, str]]:
+    """The keys file's entries, re-read when the file changes (keys added by `lelastic keys create`)."""
+    stat = path.stat()
+    cached = _KEYS_CACHE.get(path)
+    if cached is None or cached[0] != (stat.st_mtime_ns, stat.st_size):
+        cached = ((stat.st_mtime_ns, stat.st_size), auth.load_keys(path))
+        _KEYS_CACHE[path] = cached
+    return cached[1]
+
+
+_KEYS_CACHE: dict[Path, tuple[tuple[int, int], list[tuple[str, str]]]] = {}
+bearer_scheme = HTTPBearer(auto_error=False, description="An API key from `lelastic keys create`.")
+api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same API key, as a header.")
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

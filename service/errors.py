@@ -11,6 +11,7 @@ format (with `type` and `ctx`), only made safe for values JSON cannot carry (NaN
 The tree (catch at the level you care about)::
 
     ServiceError                    500 unless a subclass says otherwise
+    ├── Unauthorized                401  no API key, or one the keys file does not know
     ├── InvalidInput                422  the request is well-formed but its content is not acceptable
     ├── NotFound                    404  no such dataset / job / artifact (for this tenant)
     ├── Conflict                    409  the resource is in a state that forbids the operation
@@ -45,6 +46,7 @@ class ServiceError(Exception):
     """Base of every error the API raises on purpose. Carries the `detail` entries of the body."""
 
     status_code = 500
+    headers: dict[str, str] = {}
 
     def __init__(self, issues: list[dict[str, Any]], *, extra: dict[str, Any] | None = None) -> None:
         super().__init__("; ".join(f"{'.'.join(map(str, i['loc']))}: {i['msg']}" for i in issues))
@@ -55,6 +57,14 @@ class ServiceError(Exception):
     def at(cls, loc: Loc, msg: str, value: Any = None, **extra: Any) -> ServiceError:
         """The error with a single entry (`extra` goes beside `detail` in the body)."""
         return cls([issue(loc, msg, value)], extra=extra)
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+    def __init__(self, msg: str) -> None:
+        super().__init__([issue(["header", "Authorization"], f"{msg}: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")])
 
 
 class InvalidInput(ServiceError):
@@ -95,7 +105,9 @@ def error_response(status_code: int, issues: list[dict[str, Any]], **extra: Any)
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(exc.status_code, exc.issues, **exc.extra)
+    response = error_response(exc.status_code, exc.issues, **exc.extra)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
