@@ -5,7 +5,7 @@ weights and the relative similarity in the small-step limit, over the points of 
 the Pearson/Spearman correlation between similarity and geodesic distance. Writes the scatter plots to
 docs/figures/ (the README shows them).
 
-    python benchmarks/elasticity_figures.py [--width 2048] [--epochs 2000] [--n 200]
+    python benchmarks/elasticity_figures.py [--width 2048] [--epochs 500] [--n 200]
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="points per dataset (half of them class 1)")
     parser.add_argument("--width", type=int, default=2048)
-    parser.add_argument("--epochs", type=int, default=1000, help="full-batch SGD epochs")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--linear-lr", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=500, help="full-batch SGD epochs")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--linear-lr", type=float, default=1e-5)
     args = parser.parse_args()
     FIGURES.mkdir(parents=True, exist_ok=True)
     runs = [
