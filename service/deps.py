@@ -51,8 +51,14 @@ def get_tenant(
 
 
 def _load_keys(path: Path) -> list[tuple[str, str]]:
-    """The keys file's entries, re-read when the file changes (keys added by `lelastic keys create`)."""
-    stat = path.stat()
+    """The keys file's entries, re-read when the file changes (keys added by `lelastic keys create`).
+
+    A keys file that does not exist yet holds no keys: every request is refused until one is created.
+    """
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return []
     cached = _KEYS_CACHE.get(path)
     if cached is None or cached[0] != (stat.st_mtime_ns, stat.st_size):
         cached = ((stat.st_mtime_ns, stat.st_size), auth.load_keys(path))

@@ -80,3 +80,10 @@ def test_a_key_added_while_running_is_accepted(keyed):
     client, _, _, keys_file = keyed
     carol = auth.create_key(keys_file, "carol")
     assert client.get("/v1/datasets", headers={"X-API-Key": carol}).status_code == 200
+
+
+def test_a_keys_file_not_created_yet_refuses_everyone(settings, tmp_path, redis_conn):
+    app = create_app(settings.model_copy(update={"api_keys_file": tmp_path / "absent"}))
+    with TestClient(app) as client:
+        assert client.get("/v1/jobs", headers={"X-API-Key": "anything"}).status_code == 401
+        assert client.get("/healthz").status_code == 200

@@ -1,0 +1,46 @@
+# lelastic: every target does its own set-up on a fresh machine.
+#   make test    all tests (unit, service, compute, e2e)
+#   make demo    start a stack, run a paper-style job on the digits, print the table
+#   make up      run the stack in the foreground (API on http://127.0.0.1:8000/docs)
+#   make bench   quick engine benchmark
+#   make lint    ruff
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+# Set to a wheel index (e.g. https://download.pytorch.org/whl/cpu) to pick torch's build.
+TORCH_INDEX ?=
+STAMP  := $(VENV)/.lelastic-installed
+
+.PHONY: install test demo up bench lint clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch goes in first and pinned: left to the resolver it would pull a multi-GB CUDA build.
+# The stamp is newer than pyproject.toml once installed, so repeated runs skip this.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/lelastic demo
+
+up: $(STAMP)
+	$(VENV)/bin/lelastic up
+
+bench: $(STAMP)
+	$(PY) benchmarks/engine.py --quick
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .pytest_cache .ruff_cache lelastic-demo
