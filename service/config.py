@@ -34,6 +34,38 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$", description="Worker device: auto, cpu or cuda[:N].")
     torch_threads: int = Field(0, ge=0, description="CPU threads per worker job (0: torch's default).")
     log_level: str = Field("INFO", description="Log level of every process.")
+    log_format: str = Field("json", pattern="^(json|text)$", description="Log lines as JSON objects or plain text.")
+
+    # Limits: requests beyond them are refused with the limit named in the answer.
+    max_examples: int = Field(50_000, ge=2, description="Most examples (rows) in a dataset or a job's primary set.")
+    max_features: int = Field(100_000, ge=1, description="Most features per example.")
+    max_parameters: int = Field(200_000_000, ge=1, description="Most model parameters a job may ask for.")
+    max_epochs: int = Field(10_000, ge=1, description="Most training epochs a job may ask for.")
+    max_clusters: int = Field(100, ge=2, description="Largest clustering.k.")
+    max_matrix_bytes: int = Field(
+        4 * 1024**3, ge=1024, description="Largest n × n float32 similarity matrix a job may produce, in bytes."
+    )
+    max_active_jobs: int = Field(100, ge=1, description="Queued + running jobs one tenant may have at once.")
+    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute one tenant may make to /v1.")
+
+    # Jobs that survive faults.
+    job_retries: int = Field(1, ge=0, description="Times a job whose worker was lost is run again before it fails.")
+    worker_heartbeat_seconds: int = Field(
+        10, ge=1, description="How often a worker proves it is alive while a job runs (RQ job monitoring interval)."
+    )
+    maintenance_interval: int = Field(
+        30, ge=1, description="Seconds between a worker's sweeps for jobs abandoned by lost workers."
+    )
+
+    # Retention: what expires is removed from disk too.
+    job_retention_seconds: int = Field(
+        30 * 24 * 3600, ge=60, description="Seconds a finished job's record, result and artifacts are kept."
+    )
+    dataset_retention_seconds: int = Field(
+        30 * 24 * 3600, ge=60, description="Seconds an upload is kept (never while a queued or running job uses it)."
+    )
+    retention_sweep_seconds: int = Field(300, ge=1, description="Seconds between two sweeps for expired records.")
+
     api_keys_file: Path | None = Field(
         None,
         description="File of `<tenant> <sha256 hex>` lines (`lelastic keys create`). Unset: no auth, "
