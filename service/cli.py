@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     import httpx
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the output
     from service.client import ApiError
     from service.supervisor import StackError
 

@@ -195,19 +195,27 @@ class ProgressBar:
         self.stream = stream or sys.stderr
         self.width = width
         self._last = ""
+        self._last_stage = None
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def __call__(self, progress: dict[str, Any]) -> None:
         fraction = max(0.0, min(1.0, float(progress.get("fraction") or 0.0)))
         filled = int(round(fraction * self.width))
         stage = progress.get("stage") or ""
         message = (progress.get("message") or "")[:40]
+        if not self.interactive:  # a log file or pipe: one line per stage, no carriage returns
+            if stage != self._last_stage:
+                self.stream.write(f"{fraction * 100:5.1f}% {stage} {message}\n")
+                self.stream.flush()
+                self._last_stage = stage
+            return
         line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% {stage} {message}"
         self.stream.write(line.ljust(len(self._last)))
         self.stream.flush()
         self._last = line
 
     def done(self) -> None:
-        if self._last:
+        if self._last and self.interactive:
             self.stream.write("\n")
             self.stream.flush()
             self._last = ""

@@ -152,13 +152,28 @@ def test_parse_sse_reads_ids_events_and_json_data():
     assert list(parse_sse(iter(lines))) == [("1-0", "progress", {"fraction": 0.5}), ("1-0", "status", "x")]
 
 
-def test_progress_bar_draws_on_one_line():
-    stream = io.StringIO()
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_draws_on_one_line_on_a_terminal():
+    stream = Terminal()
     bar = ProgressBar(stream, width=10)
     bar({"fraction": 0.5, "stage": "training", "message": "epoch 5"})
     bar.done()
     assert stream.getvalue().startswith("\r[#####.....]  50.0% training epoch 5")
     assert stream.getvalue().endswith("\n")
+
+
+def test_progress_bar_writes_one_line_per_stage_to_a_pipe():
+    stream = io.StringIO()
+    bar = ProgressBar(stream, width=10)
+    for fraction, stage in ((0.1, "train"), (0.2, "train"), (0.6, "similarity")):
+        bar({"fraction": fraction, "stage": stage, "message": ""})
+    bar.done()
+    assert "\r" not in stream.getvalue()
+    assert [line.split()[1] for line in stream.getvalue().splitlines()] == ["train", "similarity"]
 
 
 # ------------------------------------------------------------------------------- the Valkey server
