@@ -186,8 +186,12 @@ def test_readme_configuration_table_lists_exactly_the_settings():
 def test_readme_env_vars_commands_and_placeholders():
     text = readme()
     assert set(re.findall(r"\bLELASTIC_[A-Z0-9_]+", text)) <= SETTINGS_VARS
-    for needle in ("make demo", "make test", "<!-- BENCHMARK -->", "<!-- ELASTICITY FIGURES -->"):
+    for needle in ("make demo", "make test"):
         assert needle in text
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert figures, "the README shows no figure"
+    for figure in figures:
+        assert (ROOT / figure).is_file(), f"README shows {figure}, which does not exist"
     blocks = re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S)
     commands = [
         line.split("#")[0] for block in blocks for line in block.splitlines() if line.startswith("lelastic ")
