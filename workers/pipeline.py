@@ -188,11 +188,13 @@ def elasticity_analysis(S_raw: np.ndarray, data: JobData, spec: JobSpec) -> tupl
     """Correlation of similarity with geodesic distance over primary pairs of the same class."""
     from workers.compute import analysis, datasets, plots
 
-    coords = data.coords[data.primary]
-    distances = datasets.geodesic_distances(data.builtin, coords, coords).astype(np.float64)
-    if data.y is not None:
-        labels = data.y[data.primary]
-        distances[labels[:, None] != labels[None, :]] = np.nan
+    coords, labels = data.coords[data.primary], data.y[data.primary]
+    distances = np.full((coords.shape[0], coords.shape[0]), np.nan)  # undefined across classes
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        distances[np.ix_(rows, rows)] = datasets.geodesic_distances(
+            data.builtin, coords[rows], coords[rows], label=int(label)
+        )
     stats = analysis.elasticity_correlation(S_raw, distances)
     off_diagonal = ~np.eye(len(coords), dtype=bool) & np.isfinite(distances)
     title = f"{data.builtin}, {spec.model.arch}: {spec.similarity.kind} similarity"

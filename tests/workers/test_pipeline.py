@@ -114,3 +114,17 @@ def test_labels_missing_from_the_dataset_fail_with_a_reason(tmp_path):
     spec = dict(TINY, primary={"labels": [3, 11]}, auxiliary=None)
     with pytest.raises(JobFailure, match=r"\[11\]"):
         run(tmp_path, spec)
+
+
+def test_elasticity_pairs_are_counted_within_each_class_only(tmp_path):
+    spec = {
+        "dataset": {"builtin": "two_folded_boxes", "n": 40, "seed": 2},
+        "model": {"arch": "mlp", "width": 32, "depth": 3},
+        "weights": {"source": "init"},
+        "similarity": {"kind": "kernelized", "step": 0},
+        "clustering": {"k": 2},
+        "baselines": ["kmeans_raw"],
+    }
+    result, _, _ = run(tmp_path, spec)
+    assert result["analysis"]["pairs"] == 2 * 20 * 19  # two classes of 20, ordered pairs, no cross-class
+    assert set(result["baselines"]) == {"kmeans_raw"}
