@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import records
+from service import logs, records, retention
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.routes import datasets, health, jobs, metrics
@@ -32,9 +32,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError("LELASTIC_REDIS_URL is not set: the API needs the Redis/Valkey server's URL")
     app.state.redis = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
     app.state.data_dir = DataDir(settings.data_dir)
+    if not logs.is_configured():
+        logs.configure_logging(settings)
+    sweeper = retention.start_sweeper(app.state.redis, app.state.data_dir, settings)
     try:
         yield
     finally:
+        await retention.stop_sweeper(sweeper)
         app.state.redis.close()
 
 
@@ -51,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.http_metrics = metrics.HttpMetrics()
     app.add_middleware(metrics.HttpMetricsMiddleware, http_metrics=app.state.http_metrics)
     install_error_handlers(app)
+    app.add_middleware(logs.RequestContextMiddleware, settings=app.state.settings)  # outermost: request ids
     for router in (datasets.router, jobs.router, health.router, metrics.router):
         app.include_router(router)
     return app

@@ -6,6 +6,7 @@
     lelastic submit  SPEC.json [--dataset FILE] [--wait] [--out DIR] [--url URL]
     lelastic demo    [--out DIR]                                            a paper-style run end to end
     lelastic keys create TENANT [--file PATH]                               add an API key
+    lelastic gc      [--data-dir DIR]                                       one retention sweep
 
 `api` imports no torch (the API image has none); `worker` does, inside `workers.main`.
 """
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = key_commands.add_parser("create", help="add a key for a tenant and print it (shown only once)")
     create.add_argument("tenant")
     create.add_argument("--file", type=Path, default=None, help="keys file (default $LELASTIC_API_KEYS_FILE)")
+
+    gc = commands.add_parser("gc", help="remove expired jobs and uploads now (one retention sweep)")
+    gc.add_argument("--data-dir", type=Path, default=None, help="data dir (default $LELASTIC_DATA_DIR)")
     return parser
 
 
@@ -137,6 +141,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers propagate to the root handler of service.logs
         timeout_graceful_shutdown=5,
     )
     return 0
@@ -295,6 +300,28 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from service import records, retention
+    from service.config import get_settings
+
+    settings = get_settings()
+    if not settings.redis_url:
+        raise SystemExit("lelastic gc: LELASTIC_REDIS_URL is not set")
+    conn = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    try:
+        removed = retention.sweep_locked(conn, args.data_dir or settings.data_dir, settings)
+    finally:
+        conn.close()
+    if removed is None:
+        print("lelastic gc: another sweep is running (lock held); try again later", file=sys.stderr)
+        return 1
+    for kind in ("jobs", "datasets", "orphan_job_dirs", "orphan_dataset_dirs", "temp_files"):
+        for name in removed[kind]:
+            print(f"{kind}\t{name}")
+    print(f"removed {retention.summary(removed)}")
+    return 0
+
+
 COMMANDS = {
     "up": cmd_up,
     "api": cmd_api,
@@ -302,18 +329,16 @@ COMMANDS = {
     "submit": cmd_submit,
     "demo": cmd_demo,
     "keys": cmd_keys,
+    "gc": cmd_gc,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from service.config import get_settings
+    from service.logs import configure_logging
 
-    logging.basicConfig(
-        level=get_settings().log_level,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(get_settings())
     import httpx
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the output

@@ -16,6 +16,7 @@ The tree (catch at the level you care about)::
     ├── NotFound                    404  no such dataset / job / artifact (for this tenant)
     ├── Conflict                    409  the resource is in a state that forbids the operation
     ├── PayloadTooLarge             413  the upload is larger than `max_upload_bytes`
+    ├── TooManyRequests             429  a per-tenant limit (rate, active jobs); has `Retry-After`
     └── Unavailable                 503  Redis (or another dependency) cannot be reached
 """
 
@@ -48,10 +49,17 @@ class ServiceError(Exception):
     status_code = 500
     headers: dict[str, str] = {}
 
-    def __init__(self, issues: list[dict[str, Any]], *, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        issues: list[dict[str, Any]],
+        *,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__("; ".join(f"{'.'.join(map(str, i['loc']))}: {i['msg']}" for i in issues))
         self.issues = issues
         self.extra = extra or {}
+        self.headers = {**type(self).headers, **(headers or {})}
 
     @classmethod
     def at(cls, loc: Loc, msg: str, value: Any = None, **extra: Any) -> ServiceError:
@@ -81,6 +89,18 @@ class Conflict(ServiceError):
 
 class PayloadTooLarge(ServiceError):
     status_code = 413
+
+
+class TooManyRequests(ServiceError):
+    """A per-tenant limit was reached; `Retry-After` says when to try again (whole seconds)."""
+
+    status_code = 429
+
+    def __init__(self, issues: list[dict[str, Any]], *, retry_after: int, extra: dict[str, Any] | None = None):
+        retry_after = max(1, int(retry_after))
+        super().__init__(
+            issues, extra={"retry_after": retry_after, **(extra or {})}, headers={"Retry-After": str(retry_after)}
+        )
 
 
 class Unavailable(ServiceError):

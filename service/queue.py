@@ -10,16 +10,20 @@ import contextlib
 import logging
 
 import redis
-from rq import Queue, Worker
+from rq import Queue, Retry, Worker
 from rq.command import send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
+from rq.job import Callback, Job, JobStatus
+from rq.timeouts import JobTimeoutException
 from rq.serializers import JSONSerializer
 
 from service import records
 from service.config import Settings
 
 TASK = "workers.tasks.run_job"
+#: RQ failure callback (runs where RQ notices the failure: a work-horse, or the worker or process that
+#: sweeps the StartedJobRegistry for abandoned jobs). It lives here so that any process can import it.
+ON_FAILURE = "service.queue.on_rq_failure"
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +32,11 @@ def get_queue(conn: redis.Redis, settings: Settings) -> Queue:
 
 
 def enqueue(conn: redis.Redis, settings: Settings, job_id: str) -> None:
-    """Put job `job_id` (already recorded as queued) on the queue; the RQ job has the same id."""
+    """Put job `job_id` (already recorded as queued) on the queue; the RQ job has the same id.
+
+    With `settings.job_retries` > 0 a job whose worker (or work-horse) was lost is queued again that
+    many times before it fails: RQ's `Retry`, applied by the worker that notices the loss.
+    """
     get_queue(conn, settings).enqueue(
         TASK,
         job_id,
@@ -37,7 +45,42 @@ def enqueue(conn: redis.Redis, settings: Settings, job_id: str) -> None:
         result_ttl=settings.result_ttl,
         failure_ttl=settings.result_ttl,
         description=f"lelastic job {job_id}",
+        retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
+        on_failure=Callback(ON_FAILURE),
     )
+
+
+def on_rq_failure(job: Job, connection: redis.Redis, exc_type, exc_value, tb) -> None:
+    """RQ failure callback: keep the job record in step with RQ when the task could not do it itself.
+
+    Called for a job abandoned by a lost worker (`AbandonedJobError`, from the registry sweep) and for
+    an exception that escaped the task. With retries left RQ queues the job again right after this
+    call, so the record goes back to `queued`; otherwise it ends `failed` with a readable reason.
+    Never raises: it runs inside RQ's sweep, which must go on with the other jobs.
+    """
+    try:
+        will_retry = bool(job.retries_left and job.retries_left > 0)
+        if exc_type is not None and issubclass(exc_type, AbandonedJobError):
+            reason = "worker lost: the worker stopped heartbeating (killed, crashed or cut off from Redis)"
+        elif exc_type is not None and issubclass(exc_type, JobTimeoutException):
+            reason = "timeout: the job ran past the job time limit"
+        else:
+            name = getattr(exc_type, "__name__", "error")
+            reason = f"internal error: {name}: {exc_value}" if str(exc_value) else f"internal error: {name}"
+        if will_retry:
+            records.transition(
+                connection, job.id, "queued", allowed_from=("running",),
+                fields={"progress": {"fraction": 0.0, "stage": "queued", "message": f"{reason}; queued to run again"}},
+            )
+            log.warning("job %s: %s; queued to run again (%s retries left)", job.id, reason, job.retries_left)
+        else:
+            records.transition(
+                connection, job.id, "failed", allowed_from=("queued", "running"),
+                fields={"error": reason, "finished_at": records.now()},
+            )
+            log.warning("job %s failed: %s", job.id, reason)
+    except Exception:  # noqa: BLE001 - a callback error must not stop RQ's bookkeeping
+        log.exception("job %s: could not update the record after an RQ failure", getattr(job, "id", "?"))
 
 
 def fetch_rq_job(conn: redis.Redis, job_id: str) -> Job | None:
@@ -75,7 +118,8 @@ def reconcile(conn: redis.Redis, record: records.JobRecord) -> records.JobRecord
 
     A work-horse killed by the OOM killer or a native crash, a job timeout, or a worker lost for good:
     RQ marks its job failed/stopped while our record still says running. The record then ends `failed`
-    with RQ's reason.
+    with RQ's reason. A job RQ is about to run again (retries left: queued, scheduled, started) is
+    left alone, and so is a record already final (a canceled job whose RQ job is `stopped`).
     """
     if record.status not in ("queued", "running"):
         return record

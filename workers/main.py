@@ -16,6 +16,7 @@ from rq.serializers import JSONSerializer
 
 from service import records
 from service.config import Settings, get_settings
+from service.logs import configure_logging
 
 log = logging.getLogger("lelastic.worker")
 
@@ -46,7 +47,7 @@ def run_worker(*, settings: Settings | None = None, queues: list[str] | None = N
     settings = settings or get_settings()
     if not settings.redis_url:
         raise SystemExit("LELASTIC_REDIS_URL is not set: the worker needs the Redis/Valkey server's URL")
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings)  # JSON lines (or text) on stderr; RQ's loggers propagate to it
     preload()
     # Blocking dequeues wait up to the worker's dequeue timeout: no socket timeout on this client.
     conn = redis.Redis.from_url(settings.redis_url, socket_timeout=None, socket_connect_timeout=5, health_check_interval=30)

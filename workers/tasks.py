@@ -9,6 +9,8 @@ record carries the real outcome; reconciliation in `service.queue` covers the fa
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 import traceback
@@ -17,7 +19,7 @@ import torch
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from service import records
+from service import logs, records
 from service.config import get_settings
 from service.spec import JobSpec
 from service.storage import DataDir
@@ -52,11 +54,40 @@ class ProgressWriter:
             self.rq_job.save_meta()
 
 
+def _with_job_logging(task):
+    """Bind the job's id and tenant to every log record of the task; log its start and end."""
+
+    @functools.wraps(task)
+    def wrapper(job_id: str) -> str:
+        settings = get_settings()
+        if not logs.is_configured():
+            logs.configure_logging(settings)
+        tenant = None
+        with contextlib.suppress(Exception):  # the task itself reports a missing record or a lost server
+            conn = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+            with conn:
+                raw = conn.hget(records.job_key(job_id), "tenant")
+            tenant = raw.decode() if raw is not None else None
+        with logs.job_context(job_id, tenant):
+            started = time.monotonic()
+            log.info("job started")
+            try:
+                status = task(job_id)
+            except BaseException:
+                log.exception("job ended with an exception after %.1f s", time.monotonic() - started)
+                raise
+            log.info("job ended: %s in %.1f s", status, time.monotonic() - started,
+                     extra={"status": status, "duration_s": round(time.monotonic() - started, 3)})
+            return status
+
+    return wrapper
+
+
+@_with_job_logging
 def run_job(job_id: str) -> str:
     """Run lelastic job `job_id`; returns its final status."""
     settings = get_settings()
     conn = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
-    logging.basicConfig(level=settings.log_level)
     started, before = records.transition(
         conn, job_id, "running", allowed_from=("queued", "running"), fields={"started_at": records.now(), "error": ""}
     )
