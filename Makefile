@@ -4,6 +4,7 @@
 #   make up      run the stack in the foreground (API on http://127.0.0.1:8000/docs)
 #   make bench   quick engine benchmark
 #   make lint    ruff
+#   make fuzz    longer schemathesis run against the API (FUZZ_EXAMPLES per operation and mode)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -13,7 +14,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.lelastic-installed
 
-.PHONY: install test demo up bench lint clean
+.PHONY: install test demo up bench lint fuzz clean
 
 install: $(STAMP)
 
@@ -41,6 +42,11 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# The property-based test of tests/service/test_fuzz.py with many more examples (no 5xx allowed).
+FUZZ_EXAMPLES ?= 500
+fuzz: $(STAMP)
+	LELASTIC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/service/test_fuzz.py -q -o timeout=3600
 
 clean:
 	rm -rf .pytest_cache .ruff_cache lelastic-demo

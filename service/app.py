@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from service import logs, records, retention
+from service import limits, logs, records, retention
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.routes import datasets, health, jobs, metrics
@@ -22,6 +22,11 @@ DESCRIPTION = """
 Local-elasticity similarity service. Upload a dataset (or use a builtin), submit a job spec, follow
 its progress (poll or Server-Sent Events), then fetch the similarity matrix, the clusterings and the
 baselines. Every error body is `{"detail": [{"loc": [...], "msg": "...", "input": ...}]}`.
+
+Limits (each refusal names the limit and its `LELASTIC_*` setting): upload size (413), examples,
+features, model parameters, epochs, clusters and similarity-matrix bytes (422), and per tenant the
+request rate and the queued + running jobs (429 with `Retry-After`). `POST /v1/jobs` and
+`POST /v1/datasets` accept an `Idempotency-Key` header that makes a retry return the original resource.
 """
 
 
@@ -56,6 +61,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(metrics.HttpMetricsMiddleware, http_metrics=app.state.http_metrics)
     install_error_handlers(app)
     app.add_middleware(logs.RequestContextMiddleware, settings=app.state.settings)  # outermost: request ids
-    for router in (datasets.router, jobs.router, health.router, metrics.router):
+    # /v1 is rate limited per tenant; health, metrics and the docs are not.
+    too_many = {429: {"model": ErrorOut, "description": "Too many requests this minute; see Retry-After."}}
+    for router in (datasets.router, jobs.router):
+        app.include_router(router, dependencies=[Depends(limits.rate_limit)], responses=too_many)
+    for router in (health.router, metrics.router):
         app.include_router(router)
     return app

@@ -195,7 +195,8 @@ class ProgressBar:
         self.stream = stream or sys.stderr
         self.width = width
         self._last = ""
-        self._last_stage = None
+        self._last_stage: str | None = None
+        self._finished = False
         self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def __call__(self, progress: dict[str, Any]) -> None:
@@ -204,10 +205,11 @@ class ProgressBar:
         stage = progress.get("stage") or ""
         message = (progress.get("message") or "")[:40]
         if not self.interactive:  # a log file or pipe: one line per stage, no carriage returns
-            if stage != self._last_stage:
+            finished = fraction >= 1.0
+            if stage != self._last_stage or (finished and not self._finished):
                 self.stream.write(f"{fraction * 100:5.1f}% {stage} {message}\n")
                 self.stream.flush()
-                self._last_stage = stage
+                self._last_stage, self._finished = stage, finished
             return
         line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% {stage} {message}"
         self.stream.write(line.ljust(len(self._last)))

@@ -96,11 +96,12 @@ class TooManyRequests(ServiceError):
 
     status_code = 429
 
-    def __init__(self, issues: list[dict[str, Any]], *, retry_after: int, extra: dict[str, Any] | None = None):
+    def __init__(
+        self, issues: list[dict[str, Any]], *, retry_after: int, extra: dict[str, Any] | None = None
+    ) -> None:
         retry_after = max(1, int(retry_after))
-        super().__init__(
-            issues, extra={"retry_after": retry_after, **(extra or {})}, headers={"Retry-After": str(retry_after)}
-        )
+        extra = {"retry_after": retry_after, **(extra or {})}
+        super().__init__(issues, extra=extra, headers={"Retry-After": str(retry_after)})
 
 
 class Unavailable(ServiceError):
@@ -153,8 +154,15 @@ async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(503, [issue(["redis"], f"the job store is unreachable right now: {exc}", None)])
 
 
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    msg = "unexpected server error; it has been logged (this is a bug: please report it)"
+    return error_response(500, [issue(["server"], msg, None)])
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from errors to JSON responses."""
+    app.add_exception_handler(Exception, _unexpected_error)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -14,8 +14,8 @@ from rq import Queue, Retry, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Callback, Job, JobStatus
-from rq.timeouts import JobTimeoutException
 from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
 
 from service import records
 from service.config import Settings
@@ -68,19 +68,29 @@ def on_rq_failure(job: Job, connection: redis.Redis, exc_type, exc_value, tb) ->
             name = getattr(exc_type, "__name__", "error")
             reason = f"internal error: {name}: {exc_value}" if str(exc_value) else f"internal error: {name}"
         if will_retry:
-            records.transition(
-                connection, job.id, "queued", allowed_from=("running",),
-                fields={"progress": {"fraction": 0.0, "stage": "queued", "message": f"{reason}; queued to run again"}},
-            )
+            mark_requeued(connection, job.id, reason)
             log.warning("job %s: %s; queued to run again (%s retries left)", job.id, reason, job.retries_left)
         else:
-            records.transition(
-                connection, job.id, "failed", allowed_from=("queued", "running"),
-                fields={"error": reason, "finished_at": records.now()},
-            )
+            mark_failed(connection, job.id, reason)
             log.warning("job %s failed: %s", job.id, reason)
     except Exception:  # noqa: BLE001 - a callback error must not stop RQ's bookkeeping
         log.exception("job %s: could not update the record after an RQ failure", getattr(job, "id", "?"))
+
+
+def mark_requeued(conn: redis.Redis, job_id: str, reason: str) -> bool:
+    """A running job whose worker was lost is queued again: its record goes back to `queued`."""
+    progress = {"fraction": 0.0, "stage": "queued", "message": f"{reason}; queued to run again"}
+    done, _ = records.transition(
+        conn, job_id, "queued", allowed_from=("running",), fields={"progress": progress}
+    )
+    return done
+
+
+def mark_failed(conn: redis.Redis, job_id: str, reason: str) -> bool:
+    """A queued or running job ends `failed` with `reason` (a final record is left as it is)."""
+    fields = {"error": reason, "finished_at": records.now()}
+    done, _ = records.transition(conn, job_id, "failed", allowed_from=("queued", "running"), fields=fields)
+    return done
 
 
 def fetch_rq_job(conn: redis.Redis, job_id: str) -> Job | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import array
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import os
@@ -35,6 +36,8 @@ from service.errors import InvalidInput, PayloadTooLarge
 FORMATS = (".npz", ".npy", ".csv", ".safetensors")
 FORM_FIELDS = ("file", "label_column")
 MAX_FIELD_BYTES = 1024
+#: Room for the multipart framing and the small form fields when a Content-Length is checked up front.
+MULTIPART_SLACK_BYTES = 64 * 1024
 MAX_SAFETENSORS_HEADER = 100 * 1024**2
 #: Bytes per element of each safetensors dtype.
 SAFETENSORS_ITEMSIZE = {
@@ -56,6 +59,17 @@ class ReceivedUpload:
     filename: str = ""
     size: int = 0
     fields: dict[str, str] = field(default_factory=dict)
+    file_sha256: str = ""  # of the file's bytes, computed while they streamed in
+
+
+def too_large(max_bytes: int, value: Any = None) -> PayloadTooLarge:
+    msg = (
+        f"the upload is larger than max_upload_bytes = {max_bytes} bytes (LELASTIC_MAX_UPLOAD_BYTES); "
+        "send a smaller file"
+    )
+    entry = {"loc": ["body", "file"], "msg": msg, "input": value}
+    entry["ctx"] = {"limit": "max_upload_bytes", "allowed": max_bytes, "env": "LELASTIC_MAX_UPLOAD_BYTES"}
+    return PayloadTooLarge([entry])
 
 
 class _FormReceiver:
@@ -63,6 +77,7 @@ class _FormReceiver:
 
     def __init__(self, upload: ReceivedUpload, handle: IO[bytes], max_bytes: int) -> None:
         self.upload, self.handle, self.max_bytes = upload, handle, max_bytes
+        self.file_hash = hashlib.sha256()
         self.headers: dict[str, bytes] = {}
         self.header_name, self.header_value = b"", b""
         self.part, self.value, self.saw_file = "", b"", False
@@ -97,9 +112,9 @@ class _FormReceiver:
         if self.part == "file":
             self.upload.size += end - start
             if self.upload.size > self.max_bytes:
-                msg = f"the upload is larger than {self.max_bytes} bytes (the max_upload_bytes setting)"
-                raise PayloadTooLarge.at(["body", "file"], msg, self.upload.filename)
+                raise too_large(self.max_bytes, self.upload.filename)
             self.handle.write(data[start:end])
+            self.file_hash.update(data[start:end])
         else:
             self.value += data[start:end]
             if len(self.value) > MAX_FIELD_BYTES:
@@ -120,6 +135,9 @@ async def receive_multipart(request: Request, *, dest_dir: Path, max_bytes: int)
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
         msg = "must be multipart/form-data with a boundary and a `file` part"
         raise InvalidInput.at(["header", "content-type"], msg, request.headers.get("content-type"))
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + MULTIPART_SLACK_BYTES:
+        raise too_large(max_bytes, int(declared))
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".upload-", suffix=".tmp")
     upload = ReceivedUpload(path=Path(tmp))
     try:
@@ -137,6 +155,7 @@ async def receive_multipart(request: Request, *, dest_dir: Path, max_bytes: int)
         if not receiver.saw_file:
             msg = f"field required: a file ending in one of {list(FORMATS)}"
             raise InvalidInput.at(["body", "file"], msg, None)
+        upload.file_sha256 = receiver.file_hash.hexdigest()
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -2,20 +2,23 @@
 
 pydantic (service.spec) already checked each field on its own; here we check what needs the stored
 dataset: labels that exist, indices in range, selections that do not overlap, enough examples for the
-clustering, uploaded weights that fit the model, a CNN that fits the examples. All problems are
-collected and raised together as one `InvalidInput` (422), each naming its field.
+clustering, uploaded weights that fit the model, a CNN that fits the examples, and the service's
+limits (examples, parameters, epochs, clusters, matrix bytes). All problems are collected and raised
+together as one `InvalidInput` (422), each naming its field.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
 
-from service import records
+from service import limits, records
 from service import spec as job_spec
+from service.config import Settings
 from service.errors import InvalidInput, issue
 from service.storage import DataDir
 
@@ -122,15 +125,20 @@ def _size(selection: job_spec.Selection | None, facts: DatasetFacts) -> int | No
     return sum(facts.class_counts.get(label, 0) for label in selection.labels or [])
 
 
+def primary_count(spec: job_spec.JobSpec, facts: DatasetFacts) -> int | None:
+    """Examples the primary selection picks (None: unknown without generating the data)."""
+    if spec.primary is None and spec.auxiliary is not None:
+        aux_size = _size(spec.auxiliary, facts)  # the workers take "every example not in auxiliary"
+        return None if aux_size is None else facts.n - aux_size
+    return _size(spec.primary, facts)
+
+
 def _overlap_and_size_issues(spec: job_spec.JobSpec, facts: DatasetFacts) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     primary, auxiliary = spec.primary, spec.auxiliary
-    primary_size = _size(primary, facts)
-    if auxiliary is not None:
-        aux_size = _size(auxiliary, facts)
-        if primary is None:  # the workers take "every example not in auxiliary"
-            primary_size = None if aux_size is None else facts.n - aux_size
-        elif primary.labels is not None and auxiliary.labels is not None:
+    primary_size = primary_count(spec, facts)
+    if auxiliary is not None and primary is not None:
+        if primary.labels is not None and auxiliary.labels is not None:
             shared = sorted(set(primary.labels) & set(auxiliary.labels))
             if shared:
                 found.append(
@@ -250,19 +258,71 @@ def _weights_issues(
     return found
 
 
-def check_job_spec(conn: redis.Redis, data_dir: DataDir, spec: job_spec.JobSpec, *, tenant: str) -> None:
-    """Raise InvalidInput listing every way `spec` does not fit its dataset (and weights)."""
+def _limit_issues(
+    spec: job_spec.JobSpec, facts: DatasetFacts, settings: Settings, *, known_n: bool, known_model: bool
+) -> list[dict[str, Any]]:
+    """The spec against the service's limits; each issue names the limit and its setting."""
+    found: list[dict[str, Any]] = []
+    n = primary_count(spec, facts) if known_n else None
+    if n is not None and n > settings.max_examples:
+        found.append(limits.limit_issue(["body", "primary"], "n", n, "max_examples", settings.max_examples))
+    if n is not None and 4 * n * n > settings.max_matrix_bytes:
+        found.append(
+            limits.limit_issue(
+                ["body", "primary"],
+                f"the float32 similarity matrix, n * n * 4 bytes with n = {n},",
+                4 * n * n,
+                "max_matrix_bytes",
+                settings.max_matrix_bytes,
+                " bytes",
+            )
+        )
+    if known_model:
+        shapes = job_spec.parameter_shapes(spec.model, facts.shape)
+        count = sum(math.prod(shape) for shape in shapes.values())
+        if count > settings.max_parameters:
+            found.append(
+                limits.limit_issue(
+                    ["body", "model"],
+                    f"the model's parameter count ({spec.model.arch}, input shape {facts.shape})",
+                    count,
+                    "max_parameters",
+                    settings.max_parameters,
+                )
+            )
+    epochs = getattr(spec.weights, "epochs", None)
+    if epochs is not None and epochs > settings.max_epochs:
+        found.append(
+            limits.limit_issue(
+                ["body", "weights", "epochs"], "epochs", epochs, "max_epochs", settings.max_epochs
+            )
+        )
+    if spec.clustering is not None and spec.clustering.k > settings.max_clusters:
+        found.append(
+            limits.limit_issue(
+                ["body", "clustering", "k"], "k", spec.clustering.k, "max_clusters", settings.max_clusters
+            )
+        )
+    return found
+
+
+def check_job_spec(
+    conn: redis.Redis, data_dir: DataDir, spec: job_spec.JobSpec, *, tenant: str, settings: Settings
+) -> None:
+    """Raise InvalidInput listing every way `spec` does not fit its dataset (and weights) or the limits."""
     facts = dataset_facts(conn, data_dir, spec.dataset, tenant)
     found: list[dict[str, Any]] = []
     for name in ("primary", "auxiliary"):
         selection = getattr(spec, name)
         if selection is not None:
             found += _selection_issues(name, selection, facts)
+    selection_issues = bool(found)
     if not found:
         found += _overlap_and_size_issues(spec, facts)
     model_issues = _model_issues(spec, facts)
     found += model_issues
     if not model_issues:
         found += _weights_issues(conn, spec, facts, tenant)
+    found += _limit_issues(spec, facts, settings, known_n=not selection_issues, known_model=not model_issues)
     if found:
         raise InvalidInput(found)

@@ -31,12 +31,13 @@ def options(parser: argparse.ArgumentParser) -> set[str]:
 
 def test_parser_has_every_command_with_its_documented_flags():
     commands = subcommands(cli.build_parser())
-    assert set(commands) == {"up", "api", "worker", "submit", "demo", "keys"}
+    assert set(commands) == {"up", "api", "worker", "submit", "demo", "keys", "gc"}
     assert options(commands["up"]) == {"--host", "--port", "--workers", "--data-dir"}
     assert options(commands["api"]) == {"--host", "--port"}
     assert options(commands["worker"]) == {"--queues", "--burst"}
     assert options(commands["submit"]) == {"--dataset", "--wait", "--out", "--url", "--api-key"}
     assert options(commands["demo"]) == {"--out"}
+    assert options(commands["gc"]) == {"--data-dir"}
 
 
 def test_up_defaults_and_values():
@@ -169,11 +170,13 @@ def test_progress_bar_draws_on_one_line_on_a_terminal():
 def test_progress_bar_writes_one_line_per_stage_to_a_pipe():
     stream = io.StringIO()
     bar = ProgressBar(stream, width=10)
-    for fraction, stage in ((0.1, "train"), (0.2, "train"), (0.6, "similarity")):
+    for fraction, stage in ((0.1, "train"), (0.2, "train"), (0.6, "similarity"), (0.9, "write"), (1.0, "write")):
         bar({"fraction": fraction, "stage": stage, "message": ""})
     bar.done()
     assert "\r" not in stream.getvalue()
-    assert [line.split()[1] for line in stream.getvalue().splitlines()] == ["train", "similarity"]
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["train", "similarity", "write", "write"]
+    assert lines[-1].startswith("100.0%")
 
 
 # ------------------------------------------------------------------------------- the Valkey server

@@ -7,25 +7,39 @@ only inside a job, in the work-horse), since a CUDA context does not survive a f
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import os
+import signal
+import sys
 import time
 
 import redis
 from rq import Worker
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import now
 
+from service import queue as rq_glue
 from service import records
 from service.config import Settings, get_settings
 from service.logs import configure_logging
+from service.storage import DataDir
 
 log = logging.getLogger("lelastic.worker")
 
 
 def preload() -> None:
     """Import the heavy compute modules before the fork (no CUDA initialisation)."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
     import sklearn.cluster  # noqa: F401
     import torch  # noqa: F401
 
+    import workers.compute.analysis  # noqa: F401
+    import workers.compute.baselines  # noqa: F401
+    import workers.compute.plots  # noqa: F401
     import workers.tasks  # noqa: F401
 
 
@@ -36,25 +50,200 @@ def wait_for_redis(conn: redis.Redis, *, timeout: float = 60.0) -> None:
         try:
             conn.ping()
             return
-        except redis.exceptions.ConnectionError:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 
 
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_PR_SET_PDEATHSIG = 1
+
+
+def _describe_wait_status(status: int | None) -> str:
+    if status is not None and os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+        return f"killed by {name}" + (", as the OOM killer does" if number == signal.SIGKILL else "")
+    if status is not None and os.WIFEXITED(status):
+        return f"exit status {os.WEXITSTATUS(status)}"
+    return f"wait status {status}"
+
+
+class LelasticWorker(Worker):
+    """RQ's forking worker, tuned so that a job survives the loss of its worker.
+
+    * Heartbeats: while a job runs the worker refreshes the job's StartedJobRegistry entry every
+      `job_monitoring_interval` s, each time for that long plus a grace of the same length (at least
+      5 s), instead of RQ's fixed extra 60 s. Once a worker is lost its job's entry lapses within
+      2 × interval, and the next registry sweep (every `maintenance_interval` s, by any idle worker)
+      queues it again (RQ `Retry`) or fails it. An idle worker's blocking dequeue is cut short so that
+      the sweep really runs every `maintenance_interval` s.
+    * The work-horse dies with its worker (PR_SET_PDEATHSIG), so a re-run never races an orphan.
+    * A work-horse that dies (OOM killer, native crash) fails its job with a readable reason, or
+      queues it again while retries are left; the worker goes on with the next job.
+    * A Redis outage while a job runs costs missed heartbeats, not the worker.
+    """
+
+    #: Seconds between reconnection attempts once the backoff has grown (RQ: 60).
+    max_connection_wait_time = 5.0
+
+    def __init__(self, *args, data_dir: DataDir | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_dir = data_dir
+        self.shutdown_requested = False
+        self._horse_death: tuple[str, str, bool] | None = None  # (job id, reason, is_timeout)
+        self._parent_pid = os.getpid()
+
+    # -- lost workers: short heartbeat TTLs, sweeps on time ------------------------------------------
+
+    @property
+    def heartbeat_grace(self) -> int:
+        return max(5, int(self.job_monitoring_interval))
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        interval = float(self.job_monitoring_interval)
+        if job.timeout and job.timeout > 0:
+            interval = min(interval, job.timeout - self.current_job_working_time)
+        return max(1, int(interval)) + self.heartbeat_grace
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return max(1, min(self.worker_ttl - 15, int(self.maintenance_interval) // 4))
+
+    # -- Redis outages while a job runs -------------------------------------------------------------
+
+    def maintain_heartbeats(self, job: Job) -> None:
+        try:
+            super().maintain_heartbeats(job)
+        except _REDIS_DOWN as error:
+            self.log.warning("Worker %s: heartbeat for job %s missed: %s", self.name, job.id, error)
+
+    def set_current_job_working_time(self, current_job_working_time: float, pipeline=None) -> None:
+        if pipeline is not None:
+            return super().set_current_job_working_time(current_job_working_time, pipeline=pipeline)
+        self.current_job_working_time = current_job_working_time
+        try:
+            super().set_current_job_working_time(current_job_working_time)
+        except _REDIS_DOWN as error:
+            self.log.warning("Worker %s: could not record the job's working time: %s", self.name, error)
+
+    # -- the work-horse -----------------------------------------------------------------------------
+
+    def fork_work_horse(self, job: Job, queue) -> None:
+        self._parent_pid = os.getpid()
+        super().fork_work_horse(job, queue)
+
+    def main_work_horse(self, job: Job, queue) -> None:
+        # In the horse: die with the worker. A worker killed mid-job must not leave its horse running
+        # on while the job is queued again elsewhere.
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != self._parent_pid:  # the worker died before the line above
+                os._exit(1)
+        super().main_work_horse(job, queue)
+
+    def handle_work_horse_killed(self, job: Job, retpid, ret_val, rusage) -> None:
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+        elapsed = (now() - job.started_at).total_seconds() if job.started_at else 0.0
+        if job.timeout and job.timeout > 0 and elapsed > job.timeout:
+            # Stuck past the time limit where SIGALRM could not reach it; RQ killed it: not retried.
+            job.retries_left = 0
+            reason = f"timeout: the job ran past the job time limit of {job.timeout} s"
+            self._horse_death = (job.id, reason, True)
+        else:
+            reason = f"worker lost: the work-horse process died ({_describe_wait_status(ret_val)})"
+            self._horse_death = (job.id, reason, False)
+
+    def handle_job_failure(self, job: Job, queue, started_job_registry=None, exc_string="") -> None:
+        if self._stopped_job_id == job.id:  # the horse is dead: before RQ calls the job stopped
+            self._discard_canceled(job.id)
+        super().handle_job_failure(job, queue, started_job_registry, exc_string)
+        death, self._horse_death = self._horse_death, None
+        if death is None or death[0] != job.id:
+            return
+        _, reason, _ = death
+        try:
+            status = job.get_status(refresh=True)
+            if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+                rq_glue.mark_requeued(self.connection, job.id, reason)
+                self.log.warning("Worker %s: job %s: %s; queued to run again", self.name, job.id, reason)
+            else:
+                rq_glue.mark_failed(self.connection, job.id, reason)
+                self.log.warning("Worker %s: job %s failed: %s", self.name, job.id, reason)
+        except _REDIS_DOWN as error:  # the API's reconcile covers it once Redis is back
+            self.log.warning("Worker %s: could not record the end of job %s: %s", self.name, job.id, error)
+
+    def _discard_canceled(self, job_id: str) -> None:
+        """A canceled job's horse is dead now: remove whatever it had written (it may have been
+        stopped between writing its artifacts and noticing the cancel)."""
+        try:
+            record = records.get_job(self.connection, job_id)
+        except _REDIS_DOWN:
+            return
+        if self.data_dir is not None and record is not None and record.status == "canceled":
+            self.data_dir.remove_job(job_id)
+
+    # -- stopping -----------------------------------------------------------------------------------
+
+    def request_stop(self, signum, frame) -> None:
+        self.shutdown_requested = True
+        super().request_stop(signum, frame)
+
+
+def make_worker(conn: redis.Redis, settings: Settings, queues: list[str] | None = None) -> LelasticWorker:
+    return LelasticWorker(
+        queues or [settings.queue],
+        connection=conn,
+        serializer=JSONSerializer,
+        job_monitoring_interval=settings.worker_heartbeat_seconds,
+        maintenance_interval=settings.maintenance_interval,
+        data_dir=DataDir(settings.data_dir),
+    )
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(0)
+
+
 def run_worker(*, settings: Settings | None = None, queues: list[str] | None = None, burst: bool = False) -> bool:
-    """Work jobs from `queues` (default: the configured queue). Returns whether any job was worked."""
+    """Work jobs from `queues` (default: the configured queue). Returns whether any job was worked.
+
+    RQ's work loop quits when it meets a Redis error outside its blocking dequeue (a server restart at
+    the wrong moment); this loop then waits for the server and starts a fresh RQ worker, so a worker
+    process outlives Redis restarts. It returns on SIGTERM/SIGINT (warm shutdown) or, in burst mode,
+    once the queue is empty.
+    """
     settings = settings or get_settings()
     if not settings.redis_url:
         raise SystemExit("LELASTIC_REDIS_URL is not set: the worker needs the Redis/Valkey server's URL")
     configure_logging(settings)  # JSON lines (or text) on stderr; RQ's loggers propagate to it
     preload()
-    # Blocking dequeues wait up to the worker's dequeue timeout: no socket timeout on this client.
-    conn = redis.Redis.from_url(settings.redis_url, socket_timeout=None, socket_connect_timeout=5, health_check_interval=30)
+    # Blocking dequeues wait up to the worker's dequeue timeout: RQ sets this client's socket timeout
+    # a little above it. redis-py's default Retry rides out a short outage on single commands.
+    conn = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=None, socket_connect_timeout=5, health_check_interval=30
+    )
     wait_for_redis(conn)
-    worker = Worker(queues or [settings.queue], connection=conn, serializer=JSONSerializer)
-    log.info("worker %s listening on %s", worker.name, ", ".join(worker.queue_names()))
-    return worker.work(burst=burst, with_scheduler=False)
+    worked = False
+    while True:
+        worker = make_worker(conn, settings, queues)
+        log.info("worker %s listening on %s", worker.name, ", ".join(worker.queue_names()))
+        try:
+            worked = worker.work(burst=burst, with_scheduler=False) or worked
+            if burst or worker.shutdown_requested or worker._stop_requested:
+                return worked
+            log.warning("worker %s: the work loop ended on an error; starting again", worker.name)
+        except _REDIS_DOWN as error:
+            if burst:
+                raise
+            log.warning("worker %s: lost the Redis server (%s); reconnecting", worker.name, error)
+        # Outside RQ's loop its signal handlers would talk to Redis: a signal now just ends the process.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        signal.signal(signal.SIGINT, _exit_on_signal)
+        time.sleep(1.0)
+        wait_for_redis(conn, timeout=float("inf"))
 
 
-__all__ = ["run_worker", "preload", "wait_for_redis", "records"]
+__all__ = ["LelasticWorker", "make_worker", "run_worker", "preload", "wait_for_redis", "records"]

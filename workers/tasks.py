@@ -110,12 +110,12 @@ def run_job(job_id: str) -> str:
             fields={"result": result, "finished_at": records.now()},
         )
         if not done:
-            data_dir.remove_job(job_id)
+            _discard(conn, data_dir, job_id)
             return now_status or "missing"
         log.info("job %s succeeded in %.1f s", job_id, result["timings"]["total_seconds"])
         return "succeeded"
     except JobCanceled:
-        data_dir.remove_job(job_id)
+        _discard(conn, data_dir, job_id)
         return "canceled"
     except JobTimeoutException:
         return _fail(conn, data_dir, job_id, f"timeout: the job ran past the job time limit of {settings.job_timeout} s")
@@ -132,8 +132,16 @@ def run_job(job_id: str) -> str:
         return _fail(conn, data_dir, job_id, f"internal error: {type(error).__name__}: {error}")
 
 
+def _discard(conn, data_dir: DataDir, job_id: str) -> None:
+    """Remove this run's artifacts, unless another run of the same job (a retry after its worker was
+    thought lost) has already succeeded with them: a failed or canceled job never has artifacts."""
+    record = records.get_job(conn, job_id)
+    if record is None or record.status != "succeeded":
+        data_dir.remove_job(job_id)
+
+
 def _fail(conn, data_dir: DataDir, job_id: str, reason: str) -> str:
-    data_dir.remove_job(job_id)
+    _discard(conn, data_dir, job_id)
     records.transition(
         conn, job_id, "failed", allowed_from=("running",), fields={"error": reason, "finished_at": records.now()}
     )

@@ -11,8 +11,10 @@ from typing import Any
 import anyio
 import numpy as np
 from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import JSONResponse
 
-from service import queue, records, uploads
+from service import idempotency, limits, queue, records, uploads
+from service.config import Settings
 from service.deps import DataDirDep, RedisDep, SettingsDep, TenantDep
 from service.errors import Conflict, InvalidInput, NotFound
 from service.schemas import DatasetOut, DatasetsOut, ErrorOut
@@ -67,7 +69,7 @@ def _store_dataset(data_dir: DataDir, dataset_id: str, parsed: uploads.ParsedDat
 
 
 def _parse_and_store(
-    data_dir: DataDir, dataset_id: str, upload: uploads.ReceivedUpload, max_bytes: int
+    data_dir: DataDir, dataset_id: str, upload: uploads.ReceivedUpload, settings: Settings
 ) -> tuple[str, dict[str, Any]]:
     """(kind, meta) of the upload after moving it into the dataset's folder. Blocking: run in a thread."""
     fmt = uploads.upload_format(upload.filename)
@@ -85,9 +87,10 @@ def _parse_and_store(
     if fmt == ".npy":
         parsed = uploads.read_npy(upload.path)
     elif fmt == ".npz":
-        parsed = uploads.read_npz(upload.path, max_bytes=max_bytes)
+        parsed = uploads.read_npz(upload.path, max_bytes=settings.max_upload_bytes)
     else:
         parsed = uploads.read_csv(upload.path, label_column=label_column)
+    limits.check_dataset(parsed.X.shape, settings)
     return "dataset", _store_dataset(data_dir, dataset_id, parsed)
 
 
@@ -97,16 +100,20 @@ def _parse_and_store(
     response_model=DatasetOut,
     summary="Upload a dataset or weights",
     description="Multipart upload of one `file`. Arrays are read without pickles, checked (numeric, finite, "
-    "n ≥ 2, labels integer and one per row) and stored as float32 X / int64 y. A `.safetensors` file is "
-    "stored as kind `weights` for `weights: {source: upload}`. The `Location` header points at the new "
-    "resource.",
+    "2 ≤ n ≤ max_examples, features ≤ max_features, labels integer and one per row) and stored as float32 "
+    "X / int64 y. A `.safetensors` file is stored as kind `weights` for `weights: {source: upload}`. The "
+    "`Location` header points at the new resource. With an `Idempotency-Key`, a retry of the same upload "
+    "returns the dataset the first request created (201, header `Idempotent-Replayed: true`).",
     openapi_extra={"requestBody": UPLOAD_BODY},
     responses={
+        409: {"model": ErrorOut, "description": "A request with this Idempotency-Key is still in progress."},
         413: {"model": ErrorOut, "description": "The file is larger than max_upload_bytes."},
         422: {
             "model": ErrorOut,
-            "description": "Unsupported, malformed or invalid file; the body names the problem.",
+            "description": "Unsupported, malformed or invalid file, or one over a limit; the body names the "
+            "problem.",
         },
+        429: {"model": ErrorOut, "description": "Too many requests this minute; see Retry-After."},
     },
 )
 async def create_dataset(
@@ -116,15 +123,47 @@ async def create_dataset(
     data_dir: DataDirDep,
     settings: SettingsDep,
     tenant: TenantDep,
-) -> DatasetOut:
+    key: idempotency.KeyDep,
+) -> Any:
     upload = await uploads.receive_multipart(
         request, dest_dir=data_dir.root, max_bytes=settings.max_upload_bytes
     )
+    try:
+        claim = None
+        if key is not None:
+            fingerprint = idempotency.upload_fingerprint(upload.file_sha256, upload.filename, upload.fields)
+            outcome = await anyio.to_thread.run_sync(
+                lambda: idempotency.begin(
+                    conn, tenant=tenant, route="datasets", key=key, fingerprint=fingerprint
+                )
+            )
+            if isinstance(outcome, idempotency.Stored):
+                return await anyio.to_thread.run_sync(_replayed, conn, outcome)
+            claim = outcome
+        try:
+            out = await _create(conn, data_dir, settings, tenant, upload)
+        except BaseException:
+            if claim is not None:
+                claim.release()
+            raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            Path(upload.path).unlink()
+    location = f"/v1/datasets/{out.id}"
+    if claim is not None:
+        body = out.model_dump(mode="json")
+        await anyio.to_thread.run_sync(claim.complete, status.HTTP_201_CREATED, out.id, location, body)
+    response.headers["Location"] = location
+    return out
+
+
+async def _create(
+    conn: Any, data_dir: DataDir, settings: Settings, tenant: str, upload: uploads.ReceivedUpload
+) -> DatasetOut:
+    """Parse, check and store the upload, then record it (its files are removed if anything fails)."""
     dataset_id = records.new_id()
     try:
-        kind, meta = await anyio.to_thread.run_sync(
-            _parse_and_store, data_dir, dataset_id, upload, settings.max_upload_bytes
-        )
+        kind, meta = await anyio.to_thread.run_sync(_parse_and_store, data_dir, dataset_id, upload, settings)
         record = await anyio.to_thread.run_sync(
             lambda: records.create_dataset(
                 conn,
@@ -138,11 +177,17 @@ async def create_dataset(
     except BaseException:
         data_dir.remove_dataset(dataset_id)
         raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            Path(upload.path).unlink()
-    response.headers["Location"] = f"/v1/datasets/{dataset_id}"
     return DatasetOut.from_record(record)
+
+
+def _replayed(conn: Any, stored: idempotency.Stored) -> JSONResponse:
+    """The response to a retry: the dataset's record (the original body if it was deleted since)."""
+    record = records.get_dataset(conn, stored.resource_id)
+    body = DatasetOut.from_record(record).model_dump(mode="json") if record is not None else stored.body
+    headers = {"Idempotent-Replayed": "true"}
+    if stored.location:
+        headers["Location"] = stored.location
+    return JSONResponse(body, status_code=stored.status_code, headers=headers)
 
 
 @router.get(

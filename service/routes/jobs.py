@@ -10,10 +10,10 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from service import events, queue, records, validation
+from service import events, idempotency, limits, queue, records, validation
 from service import spec as job_spec
 from service.deps import DataDirDep, RedisDep, SettingsDep, TenantDep
 from service.errors import Conflict, InvalidInput, NotFound, issue
@@ -39,19 +39,31 @@ def _owned_job(conn: Any, job_id: str, tenant: str) -> records.JobRecord:
     return queue.reconcile(conn, record)
 
 
+TOO_MANY = {
+    429: {
+        "model": ErrorOut,
+        "description": "Too many requests this minute, or too many queued + running jobs; see Retry-After.",
+    }
+}
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
     summary="Submit a job",
-    description="Checks the spec against its dataset (labels, indices, selections, weights, model), "
-    "then queues it. The `Location` header is the job's URL; follow it, or its `/events` stream.",
+    description="Checks the spec against its dataset (labels, indices, selections, weights, model) and "
+    "the service's limits, then queues it. The `Location` header is the job's URL; follow it, or its "
+    "`/events` stream. With an `Idempotency-Key`, a retry with the same body returns the job the first "
+    "request created (202, its current state, header `Idempotent-Replayed: true`).",
     responses={
+        409: {"model": ErrorOut, "description": "A request with this Idempotency-Key is still in progress."},
         422: {
             "model": ErrorOut,
-            "description": "The spec is invalid or does not fit its dataset; "
+            "description": "The spec is invalid, does not fit its dataset or exceeds a limit; "
             "every problem is listed with its field.",
-        }
+        },
+        **TOO_MANY,
     },
 )
 def create_job(
@@ -61,9 +73,39 @@ def create_job(
     data_dir: DataDirDep,
     settings: SettingsDep,
     tenant: TenantDep,
-) -> JobOut:
-    validation.check_job_spec(conn, data_dir, spec, tenant=tenant)
-    record = records.create_job(conn, spec=spec.model_dump(mode="json"), tenant=tenant)
+    key: idempotency.KeyDep,
+    fingerprint: idempotency.FingerprintDep,
+) -> Any:
+    claim = None
+    if key is not None and fingerprint is not None:
+        outcome = idempotency.begin(conn, tenant=tenant, route="jobs", key=key, fingerprint=fingerprint)
+        if isinstance(outcome, idempotency.Stored):
+            return _replayed(conn, outcome)
+        claim = outcome
+    try:
+        job = _submit(conn, data_dir, settings, spec, tenant)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+    location = f"/v1/jobs/{job.id}"
+    if claim is not None:
+        claim.complete(status.HTTP_202_ACCEPTED, job.id, location, job.model_dump(mode="json"))
+    response.headers["Location"] = location
+    return job
+
+
+def _submit(conn: Any, data_dir: Any, settings: Any, spec: job_spec.JobSpec, tenant: str) -> JobOut:
+    """Check, admit (active-jobs limit), record and enqueue a job."""
+    validation.check_job_spec(conn, data_dir, spec, tenant=tenant, settings=settings)
+    job_id = records.new_id()
+    limits.admit_job(conn, settings, tenant, job_id)
+    try:
+        record = records.create_job(conn, spec=spec.model_dump(mode="json"), tenant=tenant, job_id=job_id)
+        limits.confirm_job(conn, tenant, job_id)
+    except BaseException:
+        limits.release_job(conn, tenant, job_id)
+        raise
     try:
         queue.enqueue(conn, settings, record.id)
     except Exception as exc:
@@ -75,8 +117,21 @@ def create_job(
             fields={"error": f"could not be queued: {exc}", "finished_at": records.now()},
         )
         raise
-    response.headers["Location"] = f"/v1/jobs/{record.id}"
     return JobOut.from_record(record)
+
+
+def _replayed(conn: Any, stored: idempotency.Stored) -> JSONResponse:
+    """The response to a retry: the job as it is now (the original body if it was purged since)."""
+    record = records.get_job(conn, stored.resource_id)
+    body = (
+        JobOut.from_record(queue.reconcile(conn, record)).model_dump(mode="json")
+        if record is not None
+        else stored.body
+    )
+    headers = {"Idempotent-Replayed": "true"}
+    if stored.location:
+        headers["Location"] = stored.location
+    return JSONResponse(body, status_code=stored.status_code, headers=headers)
 
 
 def _cursor(value: str | None) -> str | None:

@@ -224,7 +224,7 @@ def test_a_running_job_is_canceled_and_the_worker_moves_on(stack, tmp_path):
         "primary": {"labels": [3, 5]},
         "auxiliary": {"labels": [8, 9]},
         "model": {"arch": "mlp", "width": 256},
-        "weights": {"source": "trained", "epochs": 20000, "lr": 0.003, "batch_size": 50},
+        "weights": {"source": "trained", "epochs": 10000, "lr": 0.003, "batch_size": 50},
         "clustering": {"k": 2},
         "baselines": [],
     }
