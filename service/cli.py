@@ -104,11 +104,26 @@ def _non_negative(text: str) -> int:
 # ---------------------------------------------------------------------------------------- commands
 
 
+def check_open_access(command: str, host: str, settings) -> None:
+    """Refuse to serve without API keys on anything but loopback; say so when serving open on it."""
+    if settings.api_keys_file is not None:
+        return
+    if host not in LOOPBACK:
+        raise SystemExit(
+            f"lelastic {command}: refusing to serve on {host} without API keys: set LELASTIC_API_KEYS_FILE "
+            "(add keys with `lelastic keys create TENANT`) or bind to 127.0.0.1"
+        )
+    logging.getLogger("lelastic.api").warning(
+        "no API keys (LELASTIC_API_KEYS_FILE unset): the API is open to every local user on %s", host
+    )
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from service.config import get_settings
     from service.supervisor import StackConfig, serve
 
     settings = get_settings()
+    check_open_access("up", args.host, settings)
     config = StackConfig(
         host=args.host,
         port=args.port,
@@ -127,11 +142,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         raise SystemExit(
             "lelastic api: LELASTIC_REDIS_URL is not set (or use `lelastic up`, which starts Valkey)"
         )
-    if settings.api_keys_file is None and args.host not in LOOPBACK:
-        raise SystemExit(
-            f"lelastic api: refusing to serve on {args.host} without API keys: set LELASTIC_API_KEYS_FILE "
-            "(add keys with `lelastic keys create TENANT`) or bind to 127.0.0.1"
-        )
+    check_open_access("api", args.host, settings)
     import uvicorn
 
     from service.app import create_app

@@ -100,6 +100,8 @@ def test_api_refuses_a_public_address_without_keys(monkeypatch):
     try:
         with pytest.raises(SystemExit, match="without API keys"):
             cli.main(["api", "--host", "0.0.0.0", "--port", "1"])
+        with pytest.raises(SystemExit, match="lelastic up: refusing to serve on 0.0.0.0 without API keys"):
+            cli.main(["up", "--host", "0.0.0.0", "--port", "1"])
     finally:
         get_settings.cache_clear()
 
