@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.spec import EXAMPLE_SPEC
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
@@ -29,7 +31,11 @@ class ErrorItem(BaseModel):
 class ErrorOut(BaseModel):
     """Every 4xx/5xx body. (422 from request validation also carries pydantic's `type` and `ctx`.)"""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"detail": [{
+        "loc": ["body", "primary", "labels"],
+        "msg": "labels [11] do not occur in the dataset; its classes are [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
+        "input": [3, 11],
+    }]}]})
     detail: list[ErrorItem]
 
 
@@ -61,6 +67,12 @@ class DatasetOut(BaseModel):
 
 
 class DatasetsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [{
+        "id": "a1b2c3d4e5f60718293a4b5c6d7e8f90", "kind": "dataset", "name": "digits.npz",
+        "created_at": "2026-11-26T20:59:00Z", "n": 1797, "shape": [64], "dtype": "float32",
+        "has_labels": True, "classes": list(range(10)), "class_counts": None, "tensors": None,
+    }], "count": 1}]})
+
     data: list[DatasetOut]
     count: int = Field(description="Number of datasets in `data` (all of the tenant's).")
 
@@ -72,6 +84,13 @@ class Progress(BaseModel):
 
 
 class JobOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "3f2b9c0e8d7a4c1e9b6f5a4d3c2b1a09", "status": "running",
+        "progress": {"fraction": 0.31, "stage": "train", "message": "epoch 62/200, batch loss 0.021"},
+        "created_at": "2026-11-26T21:00:00Z", "started_at": "2026-11-26T21:00:01Z", "finished_at": None,
+        "error": None, "spec": EXAMPLE_SPEC,
+    }]})
+
     id: str
     status: JobStatus
     progress: Progress
@@ -97,6 +116,13 @@ class JobOut(BaseModel):
 
 
 class JobsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [{
+        "id": "3f2b9c0e8d7a4c1e9b6f5a4d3c2b1a09", "status": "running",
+        "progress": {"fraction": 0.31, "stage": "train", "message": "epoch 62/200, batch loss 0.021"},
+        "created_at": "2026-11-26T21:00:00Z", "started_at": "2026-11-26T21:00:01Z", "finished_at": None,
+        "error": None, "spec": EXAMPLE_SPEC,
+    }], "count": 1, "next_cursor": "1795729200.123"}]})
+
     data: list[JobOut]
     count: int = Field(description="Number of jobs on this page.")
     next_cursor: str | None = Field(
@@ -105,7 +131,9 @@ class JobsOut(BaseModel):
 
 
 class Timings(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "train_seconds": 40.5, "similarity_seconds": 0.03, "clustering_seconds": 3.3, "total_seconds": 44.6,
+    }]})
     train_seconds: float | None = None
     similarity_seconds: float | None = None
     clustering_seconds: float | None = None
@@ -138,10 +166,14 @@ class ResultOut(BaseModel):
 
 
 class HealthOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
     status: Literal["ok"] = "ok"
 
 
 class ReadyOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "unavailable", "checks": {"redis": "ok", "data_dir": "ok", "workers": "no live worker listens on queue 'lelastic'"}, "failed": ["workers"]}]})
+
     status: Literal["ready", "unavailable"]
     checks: dict[str, str] = Field(description="Check name → 'ok' or why it failed.")
     failed: list[str] = Field(description="Names of the checks that failed.")
