@@ -58,25 +58,23 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _job_ids(conn: redis.Redis) -> list[str]:
-    """Ids of every job hash (`lelastic:job:<id>`, not its `:events` stream)."""
-    prefix = records.job_key("")
+def _record_ids(conn: redis.Redis, key_for: Any) -> list[str]:
+    """Ids of every record whose key is `key_for(id)` (so `lelastic:job:<id>`, not its `:events`)."""
+    prefix = key_for("")
     out = []
     for key in conn.scan_iter(match=f"{prefix}*", count=1000):
         rest = _text(key)[len(prefix):]
         if rest and ":" not in rest:
             out.append(rest)
     return out
+
+
+def _job_ids(conn: redis.Redis) -> list[str]:
+    return _record_ids(conn, records.job_key)
 
 
 def _dataset_ids(conn: redis.Redis) -> list[str]:
-    prefix = records.dataset_key("")
-    out = []
-    for key in conn.scan_iter(match=f"{prefix}*", count=1000):
-        rest = _text(key)[len(prefix):]
-        if rest and ":" not in rest:
-            out.append(rest)
-    return out
+    return _record_ids(conn, records.dataset_key)
 
 
 def _uploads_named(spec_json: str | None) -> set[str]:

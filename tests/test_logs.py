@@ -20,16 +20,9 @@ import pytest
 from service import auth, logs, queue, records
 from service.config import Settings
 from tests.conftest import REPO_ROOT
+from tests.helpers import tiny_spec
 
-TINY_SPEC = {
-    "dataset": {"builtin": "digits"},
-    "primary": {"indices": list(range(20))},
-    "model": {"arch": "mlp", "width": 16},
-    "weights": {"source": "init"},
-    "similarity": {"kind": "kernelized", "step": 0},
-    "clustering": {"k": 2},
-    "baselines": [],
-}
+TINY_SPEC = tiny_spec(rows=20, width=16)
 
 
 def parse_lines(text: str) -> list[dict]:

@@ -24,18 +24,11 @@ from rq import Worker
 
 from service import records
 from service.config import Settings
+from tests.helpers import tiny_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-TINY_SPEC: dict[str, Any] = {
-    "dataset": {"builtin": "digits"},
-    "primary": {"indices": list(range(40))},
-    "model": {"arch": "mlp", "width": 64},
-    "weights": {"source": "init"},
-    "similarity": {"kind": "kernelized", "step": 0},
-    "clustering": {"k": 2},
-    "baselines": [],
-}
+TINY_SPEC: dict[str, Any] = tiny_spec()
 
 
 def long_spec(epochs: int = 5000) -> dict[str, Any]:

@@ -7,17 +7,10 @@ import io
 import numpy as np
 import pytest
 
+from tests.helpers import tiny_spec
 from tests.service.test_events_api import read_stream
 
-TINY_SPEC = {
-    "dataset": {"builtin": "digits"},
-    "primary": {"indices": list(range(40))},
-    "model": {"arch": "mlp", "width": 64},
-    "weights": {"source": "init"},
-    "similarity": {"kind": "kernelized", "step": 0},
-    "clustering": {"k": 2},
-    "baselines": ["kmeans_raw"],
-}
+TINY_SPEC = tiny_spec(baselines=["kmeans_raw"])
 
 
 @pytest.mark.worker
