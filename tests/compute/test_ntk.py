@@ -105,3 +105,14 @@ def test_float32_in_float32_out_and_close_to_float64():
     assert K.dtype == torch.float32 and K.shape == (9, 9)
     K64 = ntk(model.double(), X.double())
     assert float((K.double() - K64).abs().max() / K64.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_both_closed_form_strategies_match_layerwise_over_several_row_blocks(activation):
+    from workers.compute.ntk import _closed_form_by_hidden_units, _closed_form_by_rows, _flat, symmetric_row_blocks
+
+    model, X = model64(MLPModel(width=16, activation=activation)), data(n=300)
+    assert len(symmetric_row_blocks(300, 8)) >= 3  # the upper-block-triangle products and the mirror run
+    expected = ntk(model, X, implementation="layerwise")
+    torch.testing.assert_close(_closed_form_by_rows(model, _flat(model, X)), expected, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(_closed_form_by_hidden_units(model, _flat(model, X)), expected, rtol=1e-12, atol=1e-10)
