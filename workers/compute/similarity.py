@@ -85,8 +85,8 @@ def _two_layer_rows(model: LayeredNet, X: torch.Tensor, s: torch.Tensor) -> torc
     With e_ij = x_i·x_j + 1, D = σ'(U), a = W2[0], h_i = σ(u_i):
       Q = e ⊙ ((D a − s H)(D a)ᵀ) + H Hᵀ + 1 + C,
       C_ij = Σ_r (a_r − s_i h_ir) X_ijr / (−s_i), the ReLU-crossing correction (u_jr and
-      u_jr + δ_ijr of different sign, δ_ijr = −s_i e_ij a_r σ'_ir), over candidates with
-      |u_jr| / |a_r| ≤ |s_i| max_j |e_ij|, found from one sort.
+      u_jr + δ_ijr of different sign, δ_ijr = −s_i e_ij a_r σ'_ir), over the candidates with
+      |u_jr| / |a_r| < |s_i e_ij|, found by one sort and batched binary searches.
     Computed in the model's dtype (all terms are O(1): nothing cancels).
     """
     if len(model.layers) == 1:
@@ -99,16 +99,7 @@ def _two_layer_rows(model: LayeredNet, X: torch.Tensor, s: torch.Tensor) -> torc
     R = D * a
     relu = model.activation == "relu"
     if relu:
-        norms = Xf.norm(dim=1)
-        tau = s.abs() * (norms * norms.max() + 1)  # ≥ |s_i| max_j |e_ij|
-        tau = torch.where(s == 0, torch.full_like(tau, -1.0), tau)
-        rho = torch.where(a != 0, U.abs() / a.abs(), torch.full_like(U, float("inf"))).reshape(-1)
-        candidates = torch.nonzero(rho <= tau.max()).reshape(-1)
-        rho_sorted, perm = torch.sort(rho[candidates])
-        cand_sorted = candidates[perm]
-        counts = torch.searchsorted(rho_sorted, tau, right=True)
-        ends = torch.cumsum(counts, 0)
-        starts = ends - counts
+        candidates = _crossing_candidates(Xf, U, a, s)
     Q = torch.empty((n, n), dtype=U.dtype, device=U.device)
     one = torch.ones((), dtype=U.dtype, device=U.device)
     block = max(1, min(n, _BLOCK_BYTES // (4 * max(n, m) * U.element_size())))
@@ -120,21 +111,60 @@ def _two_layer_rows(model: LayeredNet, X: torch.Tensor, s: torch.Tensor) -> torc
         torch.addmm(T, H[b], H.t(), out=Q[b]).add_(1)
         del T, L
         if relu:
-            t_lo, t_hi = int(starts[b0]), int(ends[b.stop - 1])
-            for t0 in range(t_lo, t_hi, _SEGMENT):
-                t = torch.arange(t0, min(t_hi, t0 + _SEGMENT), device=U.device)
-                i = torch.searchsorted(ends, t, right=True)
-                flat = cand_sorted[t - starts[i]]
-                j, r = flat // m, flat % m
-                keep = D[i, r] > 0
-                i, j, r = i[keep], j[keep], r[keep]
-                si, ar, u = s[i], a[r], U[j, r]
-                new = u - si * E[i - b0, j] * ar
-                down, up = (u > 0) & (new <= 0), (u <= 0) & (new > 0)
-                value = torch.where(down, new, torch.where(up, -new, torch.zeros_like(new))) / si
-                Q.view(-1).index_add_(0, i * n + j, (ar - si * H[i, r]) * value)
+            _add_crossings(Q, E, b, s=s, U=U, H=H, D=D, a=a, candidates=candidates)
         del E
     return Q
+
+
+def _crossing_candidates(Xf, U, a, s) -> dict[str, torch.Tensor]:
+    """The (j, r) that some probe could flip, grouped by j and sorted by ρ_jr = |u_jr| / |a_r|.
+
+    A crossing of (i, j, r) needs ρ_jr < |s_i e_ij| ≤ τ = max_i |s_i| (|x_i| max_j |x_j| + 1), so only
+    the few (j, r) with ρ_jr ≤ τ are kept. Their keys j·C + ρ_jr (C > τ, float64) are sorted once;
+    the candidates of a pair (i, j) are then the entries of group j below |s_i e_ij|.
+    """
+    n = U.shape[0]
+    norms = Xf.norm(dim=1)
+    tau = float((s.abs() * (norms * norms.max() + 1)).max())
+    rho = torch.where(a != 0, U.abs() / a.abs(), torch.full_like(U, float("inf")))
+    j, r = torch.nonzero(rho <= tau, as_tuple=True)
+    scale = 2 * tau + 1
+    key, order = torch.sort(j.double() * scale + rho[j, r].double())
+    group_start = torch.searchsorted(key, torch.arange(n, device=U.device, dtype=torch.float64) * scale)
+    return {"key": key, "r": r[order], "group_start": group_start, "scale": torch.tensor(scale, dtype=torch.float64)}
+
+
+def _add_crossings(Q, E, b: slice, *, s, U, H, D, a, candidates) -> None:
+    """Add C_ij = Σ_r (a_r − s_i h_ir) X_ijr / (−s_i) to the rows `b` of Q, over the ReLUs that the
+    step at x_i flips at x_j: u_jr and u_jr + δ_ijr of different signs, δ_ijr = −s_i e_ij a_r σ'_ir.
+
+    Candidates of a pair (i, j) come from `_crossing_candidates` by one batched binary search; each is
+    then tested exactly. E [len(b), n] holds e_ij of the rows b.
+    """
+    n = U.shape[0]
+    key, cand_r, group_start = candidates["key"], candidates["r"], candidates["group_start"]
+    if key.numel() == 0:
+        return
+    scale = float(candidates["scale"])
+    columns = torch.arange(n, device=U.device, dtype=torch.float64) * scale
+    threshold = (s[b, None] * E).abs_().double() + columns  # [B, n]: j·C + |s_i e_ij|
+    counts = (torch.searchsorted(key, threshold, right=True) - group_start).reshape(-1)
+    ends = torch.cumsum(counts, 0)
+    total = int(ends[-1])
+    starts = ends - counts
+    for t0 in range(0, total, _SEGMENT):
+        t = torch.arange(t0, min(total, t0 + _SEGMENT), device=U.device)
+        pair = torch.searchsorted(ends, t, right=True)  # flat (i − b0, j) of each candidate
+        i_local, j = pair // n, pair % n
+        i = i_local + b.start
+        r = cand_r[group_start[j] + t - starts[pair]]
+        keep = D[i, r] > 0
+        i, i_local, j, r = i[keep], i_local[keep], j[keep], r[keep]
+        si, ar, u = s[i], a[r], U[j, r]
+        new = u - si * E[i_local, j] * ar
+        down, up = (u > 0) & (new <= 0), (u <= 0) & (new > 0)
+        value = torch.where(down, new, torch.where(up, -new, torch.zeros_like(new))) / si
+        Q.view(-1).index_add_(0, i * n + j, (ar - si * H[i, r]) * value)
 
 
 @torch.no_grad()
@@ -228,12 +258,12 @@ def similarity(
     elif step == 0:
         S = _limit(model, X, kind=kind, loss=loss)
     else:
-        z = _z64(model, X)
+        fast = _fast_applicable(model)
+        # The fast path subtracts no two predictions, so the model's dtype is exact enough for z.
+        with torch.no_grad():
+            z = model(X).to(torch.float64) if fast else _z64(model, X)
         s = step * dloss_dz(z, 1.0, loss)
-        if _fast_applicable(model):
-            Q = _two_layer_rows(model, X, s)
-        else:
-            Q = _generic_rows(model, X, s, z, progress)
+        Q = _two_layer_rows(model, X, s) if fast else _generic_rows(model, X, s, z, progress)
         S = rows_to_similarity(Q, z, s, kind=kind, loss=loss)
     if progress is not None:
         progress(1.0, "similarity done")
