@@ -36,12 +36,17 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device):
-    sync(device)
-    t = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - t
+def timed(fn, device, repeat: int = 1):
+    """(output, seconds): the median of `repeat` runs (the fast paths take milliseconds, so one run of
+    them is at the mercy of the machine's noise; the reference loops run once over many rows)."""
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        t = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return out, sorted(times)[len(times) // 2]
 
 
 def digits(device):
@@ -103,12 +108,12 @@ def section_ab(args, X, y, label_sets, width):
     note = f" (timed on {R.shape[0]} rows, extrapolated linearly to {n})" if extrap else ""
     print(f"(a) float64 per-example loop, eta=1e-3: {t_ref:.2f} s{note}")
     similarity(model, Xp, kind="kernelized", step=1e-3, loss="mse")  # warm-up
-    S, t_fast = timed(lambda: similarity(model, Xp, kind="kernelized", step=1e-3, loss="mse"), device)
+    S, t_fast = timed(lambda: similarity(model, Xp, kind="kernelized", step=1e-3, loss="mse"), device, repeat=7)
     print(
         f"    exact-step path:  {t_fast:.3f} s  speedup {t_ref / t_fast:7.1f}x  "
         f"max rel diff {rel(S[: R.shape[0]], R):.2e}"
     )
-    L, t_lim = timed(lambda: similarity(model, Xp, kind="kernelized", step=0, loss="mse"), device)
+    L, t_lim = timed(lambda: similarity(model, Xp, kind="kernelized", step=0, loss="mse"), device, repeat=7)
     K64, t_k64 = timed(lambda: ntk(copy.deepcopy(model).double(), Xp.double()).cpu().numpy(), device)
     print(
         f"(b) limit path (step 0): {t_lim:.3f} s  speedup vs loop {t_ref / t_lim:7.1f}x; "
