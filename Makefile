@@ -42,6 +42,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check service workers tests benchmarks
 
 # The property-based test of tests/service/test_fuzz.py with many more examples (no 5xx allowed).
 FUZZ_EXAMPLES ?= 500

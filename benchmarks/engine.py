@@ -203,9 +203,7 @@ def section_d(args, X):
             f"speedup {t_ref / t:.1f}x, max rel diff {rel(S[: R.shape[0]], R):.2e}"
         )
         Kl, t_loop = timed(lambda m=model: per_example_jacobian_ntk(m, Xs).cpu().numpy(), args.device)
-        L, t_lim = timed(
-            lambda m=model: similarity(m, Xs, kind="kernelized", step=0, loss="mse"), args.device
-        )
+        L, t_lim = timed(lambda m=model: similarity(m, Xs, kind="kernelized", step=0, loss="mse"), args.device)
         print(
             f"    {name:6s} limit: {t_lim:.3f} s vs per-example jacobian loop {t_loop:.2f} s "
             f"speedup {t_loop / t_lim:.1f}x, max rel diff {rel(L, Kl):.2e}"
@@ -213,9 +211,7 @@ def section_d(args, X):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a minute on 2 CPU cores)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=10, help="pre-training epochs (paper: 200)")

@@ -95,9 +95,23 @@ class StackProcess:
         env.pop("LELASTIC_API_KEYS_FILE", None)
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "up", "--port", str(self.port),
-             "--workers", str(self.workers), "--data-dir", str(self.data_dir)],
-            cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "up",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -172,8 +186,13 @@ async def hammer(url: str, *, clients: int, duration: float, max_requests: int) 
         started = time.monotonic()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.monotonic() - started
-    return {"latencies": latencies, "errors": errors, "error_kinds": error_kinds, "elapsed": elapsed,
-            "submitted": submitted}
+    return {
+        "latencies": latencies,
+        "errors": errors,
+        "error_kinds": error_kinds,
+        "elapsed": elapsed,
+        "submitted": submitted,
+    }
 
 
 async def cancel_all(url: str, job_ids: list[str], conn: redis.Redis, queue_key: str) -> int:
@@ -244,8 +263,11 @@ async def burst(url: str, conn: redis.Redis, *, jobs: int, timeout: float) -> di
         pipe.hmget(records.job_key(job_id), "status", "finished_at")
     finals = pipe.execute()
     runs = [
-        sum(1 for _, event, data in records.read_events(conn, job_id)
-            if event == "status" and data["status"] == "running")
+        sum(
+            1
+            for _, event, data in records.read_events(conn, job_id)
+            if event == "status" and data["status"] == "running"
+        )
         for job_id in ids
     ]
     by_status: dict[str, int] = {}
@@ -254,11 +276,15 @@ async def burst(url: str, conn: redis.Redis, *, jobs: int, timeout: float) -> di
         by_status[key] = by_status.get(key, 0) + 1
     last_finish = max((float(f) for _, f in finals if f), default=drained)
     return {
-        "requested": jobs, "accepted": len(ids), "submit_errors": submit_errors,
-        "submit_seconds": submitted - started, "drain_seconds": min(drained, last_finish) - started,
+        "requested": jobs,
+        "accepted": len(ids),
+        "submit_errors": submit_errors,
+        "submit_seconds": submitted - started,
+        "drain_seconds": min(drained, last_finish) - started,
         "timed_out": not all(s is not None and s.decode() in records.FINAL_STATUSES for s in statuses),
         "by_status": by_status,
-        "runs_once": sum(1 for r in runs if r == 1), "runs_twice_or_more": sum(1 for r in runs if r > 1),
+        "runs_once": sum(1 for r in runs if r == 1),
+        "runs_twice_or_more": sum(1 for r in runs if r > 1),
         "never_started": sum(1 for r in runs if r == 0),
     }
 
@@ -285,46 +311,64 @@ def main(argv: list[str] | None = None) -> int:
         stack = StackProcess(Path(tmp) / "data", free_port(), args.workers)
         began = time.monotonic()
         stack.start()
-        print(f"stack up in {time.monotonic() - began:.1f} s: {stack.url}, {args.workers} workers, "
-              f"{os.cpu_count()} CPU cores, data dir {stack.data_dir}", flush=True)
+        print(
+            f"stack up in {time.monotonic() - began:.1f} s: {stack.url}, {args.workers} workers, "
+            f"{os.cpu_count()} CPU cores, data dir {stack.data_dir}",
+            flush=True,
+        )
         conn = records.connect(stack.redis_url)
         try:
-            print(f"\n== API load: {clients} clients, {duration:.0f} s (at most {max_requests} requests) ==",
-                  flush=True)
-            load = asyncio.run(
-                hammer(stack.url, clients=clients, duration=duration, max_requests=max_requests)
+            print(
+                f"\n== API load: {clients} clients, {duration:.0f} s (at most {max_requests} requests) ==", flush=True
             )
+            load = asyncio.run(hammer(stack.url, clients=clients, duration=duration, max_requests=max_requests))
             total = sum(len(v) for v in load["latencies"].values()) + sum(load["errors"].values())
-            print(f"{total} requests in {load['elapsed']:.1f} s: {total / load['elapsed']:.1f} requests/s, "
-                  f"{sum(load['errors'].values())} errors {load['error_kinds'] or ''}")
+            print(
+                f"{total} requests in {load['elapsed']:.1f} s: {total / load['elapsed']:.1f} requests/s, "
+                f"{sum(load['errors'].values())} errors {load['error_kinds'] or ''}"
+            )
             print(f"{'endpoint':<20}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
             for name, values in load["latencies"].items():
                 count = len(values) + load["errors"][name]
-                print(f"{name:<20}{count:>10}{count / load['elapsed']:>9.1f}"
-                      f"{percentile(values, 50) * 1000:>9.1f}{percentile(values, 99) * 1000:>9.1f}"
-                      f"{load['errors'][name]:>8}")
+                print(
+                    f"{name:<20}{count:>10}{count / load['elapsed']:>9.1f}"
+                    f"{percentile(values, 50) * 1000:>9.1f}{percentile(values, 99) * 1000:>9.1f}"
+                    f"{load['errors'][name]:>8}"
+                )
             queue_key = "rq:queue:" + os.environ.get("LELASTIC_QUEUE", "lelastic")
             canceled = asyncio.run(cancel_all(stack.url, load["submitted"], conn, queue_key))
-            print(f"({len(load['submitted'])} jobs queued by the load; "
-                  f"{canceled} still waiting were canceled)", flush=True)
+            print(
+                f"({len(load['submitted'])} jobs queued by the load; {canceled} still waiting were canceled)",
+                flush=True,
+            )
 
             print(f"\n== Burst: {jobs} jobs drained by {args.workers} workers ==", flush=True)
             result = asyncio.run(burst(stack.url, conn, jobs=jobs, timeout=args.drain_timeout))
-            print(f"submitted {result['accepted']}/{result['requested']} in {result['submit_seconds']:.1f} s "
-                  f"({result['submit_errors']} submit errors)")
-            print(f"drained in {result['drain_seconds']:.1f} s: "
-                  f"{result['accepted'] / max(result['drain_seconds'], 1e-9):.2f} jobs/s"
-                  + ("  (TIMED OUT)" if result["timed_out"] else ""))
+            print(
+                f"submitted {result['accepted']}/{result['requested']} in {result['submit_seconds']:.1f} s "
+                f"({result['submit_errors']} submit errors)"
+            )
+            print(
+                f"drained in {result['drain_seconds']:.1f} s: "
+                f"{result['accepted'] / max(result['drain_seconds'], 1e-9):.2f} jobs/s"
+                + ("  (TIMED OUT)" if result["timed_out"] else "")
+            )
             print(f"final statuses: {result['by_status']}")
-            print(f"started exactly once: {result['runs_once']}, "
-                  f"twice or more: {result['runs_twice_or_more']}, never: {result['never_started']}")
+            print(
+                f"started exactly once: {result['runs_once']}, "
+                f"twice or more: {result['runs_twice_or_more']}, never: {result['never_started']}"
+            )
             lost = result["accepted"] - result["by_status"].get("succeeded", 0)
             ok = (
-                lost == 0 and result["accepted"] == jobs and result["runs_twice_or_more"] == 0
+                lost == 0
+                and result["accepted"] == jobs
+                and result["runs_twice_or_more"] == 0
                 and result["runs_once"] == jobs
             )
-            print(f"none lost: {'yes' if lost == 0 and result['accepted'] == jobs else 'NO'}; "
-                  f"none run twice: {'yes' if result['runs_twice_or_more'] == 0 else 'NO'}")
+            print(
+                f"none lost: {'yes' if lost == 0 and result['accepted'] == jobs else 'NO'}; "
+                f"none run twice: {'yes' if result['runs_twice_or_more'] == 0 else 'NO'}"
+            )
         finally:
             conn.close()
             stack.stop()

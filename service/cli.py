@@ -63,16 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
 
     worker = commands.add_parser("worker", help="run one RQ worker (needs LELASTIC_REDIS_URL)")
-    worker.add_argument(
-        "--queues", nargs="+", default=None, help="queues to listen on (default $LELASTIC_QUEUE)"
-    )
+    worker.add_argument("--queues", nargs="+", default=None, help="queues to listen on (default $LELASTIC_QUEUE)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
 
     submit = commands.add_parser("submit", help="submit a job spec (and optionally wait for it)")
     submit.add_argument("spec", type=Path, metavar="SPEC.json")
-    submit.add_argument(
-        "--dataset", type=Path, default=None, help="upload this .npz and use it as the spec's dataset"
-    )
+    submit.add_argument("--dataset", type=Path, default=None, help="upload this .npz and use it as the spec's dataset")
     submit.add_argument("--wait", action="store_true", help="show progress, then download the results")
     submit.add_argument("--out", type=Path, default=None, help="results folder (default ./lelastic-<job id>)")
     submit.add_argument("--url", default=DEFAULT_URL, help=f"API base URL (default {DEFAULT_URL})")
@@ -139,9 +135,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     if not settings.redis_url:
-        raise SystemExit(
-            "lelastic api: LELASTIC_REDIS_URL is not set (or use `lelastic up`, which starts Valkey)"
-        )
+        raise SystemExit("lelastic api: LELASTIC_REDIS_URL is not set (or use `lelastic up`, which starts Valkey)")
     check_open_access("api", args.host, settings)
     import uvicorn
 
@@ -263,9 +257,7 @@ def _demo_job(client: Any, out: Path) -> int:
     if timings:
         print(
             "timings: "
-            + ", ".join(
-                f"{k} {v:.2f} s" if isinstance(v, int | float) else f"{k} {v}" for k, v in timings.items()
-            )
+            + ", ".join(f"{k} {v:.2f} s" if isinstance(v, int | float) else f"{k} {v}" for k, v in timings.items())
         )
     print(f"device: {result.get('device')}")
     print(f"artifacts in {out.resolve()}:")
@@ -281,8 +273,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{'method':<16}{'accuracy':>10}{'ARI':>8}{'NMI':>8}"]
     for name, values in rows:
         cells = "".join(
-            f"{_number(values.get(key)):>{width}}"
-            for key, width in (("accuracy", 10), ("ari", 8), ("nmi", 8))
+            f"{_number(values.get(key)):>{width}}" for key, width in (("accuracy", 10), ("ari", 8), ("nmi", 8))
         )
         lines.append(f"{name:<16}{cells}")
     ratio = (result.get("metrics") or {}).get("within_between_ratio")

@@ -83,17 +83,13 @@ class Client:
     def result(self, job_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/jobs/{job_id}/result")).json()
 
-    def events(
-        self, job_id: str, *, last_event_id: str | None = None
-    ) -> Iterator[tuple[str | None, str, Any]]:
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[tuple[str | None, str, Any]]:
         """The job's server-sent events as (id, event name, decoded data), until the server closes."""
         headers = {"Accept": "text/event-stream"}
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
         timeout = httpx.Timeout(10.0, read=None)
-        with self.http.stream(
-            "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout
-        ) as response:
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout) as response:
             if response.is_error:
                 response.read()
                 raise ApiError(response)

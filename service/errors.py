@@ -72,7 +72,9 @@ class Unauthorized(ServiceError):
     headers = {"WWW-Authenticate": "Bearer"}
 
     def __init__(self, msg: str) -> None:
-        super().__init__([issue(["header", "Authorization"], f"{msg}: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")])
+        super().__init__(
+            [issue(["header", "Authorization"], f"{msg}: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")]
+        )
 
 
 class InvalidInput(ServiceError):
@@ -96,9 +98,7 @@ class TooManyRequests(ServiceError):
 
     status_code = 429
 
-    def __init__(
-        self, issues: list[dict[str, Any]], *, retry_after: int, extra: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, issues: list[dict[str, Any]], *, retry_after: int, extra: dict[str, Any] | None = None) -> None:
         retry_after = max(1, int(retry_after))
         extra = {"retry_after": retry_after, **(extra or {})}
         super().__init__(issues, extra=extra, headers={"Retry-After": str(retry_after)})

@@ -56,16 +56,12 @@ async def job_events(conn: redis.Redis, job_id: str, *, after: str = "0-0") -> A
             if over and final is not None:
                 # Flush what is left without blocking, then make sure the client sees the final status
                 # even if its event was trimmed or was before `after`.
-                pending = await anyio.to_thread.run_sync(
-                    partial(records.read_events, conn, job_id, after=after)
-                )
+                pending = await anyio.to_thread.run_sync(partial(records.read_events, conn, job_id, after=after))
                 for event in pending:
                     yield _sse(event)
                     if _is_final(event):
                         return
-                yield ServerSentEvent(
-                    event="status", data=_status_data(final), id=after if after != "0-0" else None
-                )
+                yield ServerSentEvent(event="status", data=_status_data(final), id=after if after != "0-0" else None)
                 return
         events = await anyio.to_thread.run_sync(
             partial(records.read_events, conn, job_id, after=after, block_ms=BLOCK_MS)

@@ -119,9 +119,7 @@ class Claim:
     token: str
     fingerprint: str
 
-    def complete(
-        self, status_code: int, resource_id: str, location: str | None, body: dict[str, Any]
-    ) -> None:
+    def complete(self, status_code: int, resource_id: str, location: str | None, body: dict[str, Any]) -> None:
         state = {
             "state": "done",
             "fingerprint": self.fingerprint,

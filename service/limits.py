@@ -44,9 +44,7 @@ def exceeds(what: str, value: int, setting: str, limit: int, unit: str = "") -> 
     return f"{what} = {value}{unit} exceeds {setting} = {limit}{unit} ({env_name(setting)})"
 
 
-def limit_issue(
-    loc: list[str | int], what: str, value: int, setting: str, limit: int, unit: str = ""
-) -> dict:
+def limit_issue(loc: list[str | int], what: str, value: int, setting: str, limit: int, unit: str = "") -> dict:
     """An error entry for a value over a limit; `ctx` carries the limit for programs."""
     entry = issue(loc, exceeds(what, value, setting, limit, unit), value)
     entry["ctx"] = {"limit": setting, "allowed": limit, "env": env_name(setting)}
@@ -64,9 +62,7 @@ def dataset_issues(shape: tuple[int, ...] | list[int], settings: Settings) -> li
         found.append(limit_issue(["body", "file", "X"], "n", n, "max_examples", settings.max_examples))
     if features > settings.max_features:
         found.append(
-            limit_issue(
-                ["body", "file", "X"], "features per example", features, "max_features", settings.max_features
-            )
+            limit_issue(["body", "file", "X"], "features per example", features, "max_features", settings.max_features)
         )
     return found
 

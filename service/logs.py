@@ -39,7 +39,10 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: The attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
-    "message", "asctime", "color_message", *CONTEXT_FIELDS,
+    "message",
+    "asctime",
+    "color_message",
+    *CONTEXT_FIELDS,
 }
 _HANDLER_MARK = "_lelastic_handler"
 

@@ -80,9 +80,7 @@ def on_rq_failure(job: Job, connection: redis.Redis, exc_type, exc_value, tb) ->
 def mark_requeued(conn: redis.Redis, job_id: str, reason: str) -> bool:
     """A running job whose worker was lost is queued again: its record goes back to `queued`."""
     progress = {"fraction": 0.0, "stage": "queued", "message": f"{reason}; queued to run again"}
-    done, _ = records.transition(
-        conn, job_id, "queued", allowed_from=("running",), fields={"progress": progress}
-    )
+    done, _ = records.transition(conn, job_id, "queued", allowed_from=("running",), fields={"progress": progress})
     return done
 
 
@@ -145,7 +143,10 @@ def reconcile(conn: redis.Redis, record: records.JobRecord) -> records.JobRecord
             return record
         reason = _failure_reason(rq_job)
     records.transition(
-        conn, record.id, "failed", allowed_from=("queued", "running"),
+        conn,
+        record.id,
+        "failed",
+        allowed_from=("queued", "running"),
         fields={"error": reason, "finished_at": records.now()},
     )
     return records.get_job(conn, record.id) or record

@@ -77,6 +77,7 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------- jobs
 
+
 @dataclass
 class JobRecord:
     id: str
@@ -109,7 +110,9 @@ class JobRecord:
         )
 
 
-def create_job(conn: redis.Redis, *, spec: dict[str, Any], tenant: str = DEFAULT_TENANT, job_id: str | None = None) -> JobRecord:
+def create_job(
+    conn: redis.Redis, *, spec: dict[str, Any], tenant: str = DEFAULT_TENANT, job_id: str | None = None
+) -> JobRecord:
     """Store a new job record with status `queued` (the caller enqueues it)."""
     job_id = job_id or new_id()
     created = now()
@@ -173,7 +176,9 @@ def transition(
     assert to in STATUSES
     extra: dict[str, str] = {}
     for name, value in (fields or {}).items():
-        extra[name] = value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict | list) else repr(value)
+        extra[name] = (
+            value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict | list) else repr(value)
+        )
     event = {"status": to}
     if "error" in extra:
         event["error"] = extra["error"]
@@ -196,7 +201,9 @@ def set_progress(conn: redis.Redis, job_id: str, *, fraction: float, stage: str,
     pipe.execute()
 
 
-def read_events(conn: redis.Redis, job_id: str, *, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+def read_events(
+    conn: redis.Redis, job_id: str, *, after: str = "0-0", block_ms: int | None = None
+) -> list[tuple[str, str, dict[str, Any]]]:
     """Events after stream id `after`: a list of (event id, event name, data)."""
     if block_ms is None:
         entries = conn.xrange(events_key(job_id), min=f"({after}" if after != "0-0" else "-")
@@ -211,7 +218,12 @@ def read_events(conn: redis.Redis, job_id: str, *, after: str = "0-0", block_ms:
 
 
 def list_jobs(
-    conn: redis.Redis, *, tenant: str = DEFAULT_TENANT, status: str | None = None, limit: int = 50, cursor: str | None = None
+    conn: redis.Redis,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    status: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
 ) -> tuple[list[JobRecord], str | None]:
     """Jobs newest first. `cursor` is the opaque `next_cursor` of the previous page."""
     index = jobs_index_key(tenant)
@@ -241,7 +253,16 @@ def delete_job_record(conn: redis.Redis, job_id: str, tenant: str) -> None:
 
 # ----------------------------------------------------------------------------------------- datasets
 
-def create_dataset(conn: redis.Redis, *, kind: str, name: str, meta: dict[str, Any], tenant: str = DEFAULT_TENANT, dataset_id: str | None = None) -> dict[str, Any]:
+
+def create_dataset(
+    conn: redis.Redis,
+    *,
+    kind: str,
+    name: str,
+    meta: dict[str, Any],
+    tenant: str = DEFAULT_TENANT,
+    dataset_id: str | None = None,
+) -> dict[str, Any]:
     """Store a dataset (or uploaded weights) record; `meta` holds n, shape, dtype, has_labels, classes."""
     dataset_id = dataset_id or new_id()
     created = now()

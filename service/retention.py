@@ -63,7 +63,7 @@ def _record_ids(conn: redis.Redis, key_for: Any) -> list[str]:
     prefix = key_for("")
     out = []
     for key in conn.scan_iter(match=f"{prefix}*", count=1000):
-        rest = _text(key)[len(prefix):]
+        rest = _text(key)[len(prefix) :]
         if rest and ":" not in rest:
             out.append(rest)
     return out
@@ -148,7 +148,11 @@ def sweep(
     job_cutoff = now - settings.job_retention_seconds
     dataset_cutoff = now - settings.dataset_retention_seconds
     removed: dict[str, Any] = {
-        "jobs": [], "datasets": [], "orphan_job_dirs": [], "orphan_dataset_dirs": [], "temp_files": [],
+        "jobs": [],
+        "datasets": [],
+        "orphan_job_dirs": [],
+        "orphan_dataset_dirs": [],
+        "temp_files": [],
         "index_entries": 0,
     }
 
@@ -173,8 +177,13 @@ def sweep(
         records.delete_job_record(conn, job_id, tenant)
         data_dir.remove_job(job_id)
         removed["jobs"].append(job_id)
-        log.info("removed job %s (%s, finished %.0f s ago)", job_id, _text(status), now - finished,
-                 extra={"removed_job": job_id})
+        log.info(
+            "removed job %s (%s, finished %.0f s ago)",
+            job_id,
+            _text(status),
+            now - finished,
+            extra={"removed_job": job_id},
+        )
 
     # -- uploads (datasets and weights)
     candidates = []
@@ -201,8 +210,10 @@ def sweep(
             log.info("removed upload %s (created %.0f s ago)", dataset_id, now - created)
 
     # -- index entries whose record is gone
-    for index_prefix, key_of in ((records.jobs_index_key(""), records.job_key),
-                                 (records.datasets_index_key(""), records.dataset_key)):
+    for index_prefix, key_of in (
+        (records.jobs_index_key(""), records.job_key),
+        (records.datasets_index_key(""), records.dataset_key),
+    ):
         for index in conn.scan_iter(match=f"{index_prefix}*", count=1000):
             members = [_text(m) for m in conn.zrange(index, 0, -1)]
             pipe = conn.pipeline(transaction=False)
@@ -213,8 +224,10 @@ def sweep(
                 removed["index_entries"] += conn.zrem(index, *dangling)
 
     # -- orphans on disk
-    for sub, key_of, bucket in (("jobs", records.job_key, "orphan_job_dirs"),
-                                ("datasets", records.dataset_key, "orphan_dataset_dirs")):
+    for sub, key_of, bucket in (
+        ("jobs", records.job_key, "orphan_job_dirs"),
+        ("datasets", records.dataset_key, "orphan_dataset_dirs"),
+    ):
         with contextlib.suppress(FileNotFoundError):
             for entry in (data_dir.root / sub).iterdir():
                 if stopping():

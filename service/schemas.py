@@ -21,9 +21,7 @@ def utc(timestamp: float | None) -> datetime | None:
 
 
 class ErrorItem(BaseModel):
-    loc: list[str | int] = Field(
-        description="Where the problem is: body field path, header, query or path parameter."
-    )
+    loc: list[str | int] = Field(description="Where the problem is: body field path, header, query or path parameter.")
     msg: str = Field(description="What is wrong and what is allowed.")
     input: Any = Field(None, description="The offending value.")
 
@@ -31,11 +29,22 @@ class ErrorItem(BaseModel):
 class ErrorOut(BaseModel):
     """Every 4xx/5xx body. (422 from request validation also carries pydantic's `type` and `ctx`.)"""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{"detail": [{
-        "loc": ["body", "primary", "labels"],
-        "msg": "labels [11] do not occur in the dataset; its classes are [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
-        "input": [3, 11],
-    }]}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "detail": [
+                        {
+                            "loc": ["body", "primary", "labels"],
+                            "msg": "labels [11] do not occur in the dataset; its classes are 0 to 9",
+                            "input": [3, 11],
+                        }
+                    ]
+                }
+            ]
+        },
+    )
     detail: list[ErrorItem]
 
 
@@ -67,11 +76,30 @@ class DatasetOut(BaseModel):
 
 
 class DatasetsOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [{
-        "id": "a1b2c3d4e5f60718293a4b5c6d7e8f90", "kind": "dataset", "name": "digits.npz",
-        "created_at": "2026-11-26T20:59:00Z", "n": 1797, "shape": [64], "dtype": "float32",
-        "has_labels": True, "classes": list(range(10)), "class_counts": None, "tensors": None,
-    }], "count": 1}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "data": [
+                        {
+                            "id": "a1b2c3d4e5f60718293a4b5c6d7e8f90",
+                            "kind": "dataset",
+                            "name": "digits.npz",
+                            "created_at": "2026-11-26T20:59:00Z",
+                            "n": 1797,
+                            "shape": [64],
+                            "dtype": "float32",
+                            "has_labels": True,
+                            "classes": list(range(10)),
+                            "class_counts": None,
+                            "tensors": None,
+                        }
+                    ],
+                    "count": 1,
+                }
+            ]
+        }
+    )
 
     data: list[DatasetOut]
     count: int = Field(description="Number of datasets in `data` (all of the tenant's).")
@@ -84,12 +112,22 @@ class Progress(BaseModel):
 
 
 class JobOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "3f2b9c0e8d7a4c1e9b6f5a4d3c2b1a09", "status": "running",
-        "progress": {"fraction": 0.31, "stage": "train", "message": "epoch 62/200, batch loss 0.021"},
-        "created_at": "2026-11-26T21:00:00Z", "started_at": "2026-11-26T21:00:01Z", "finished_at": None,
-        "error": None, "spec": EXAMPLE_SPEC,
-    }]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f2b9c0e8d7a4c1e9b6f5a4d3c2b1a09",
+                    "status": "running",
+                    "progress": {"fraction": 0.31, "stage": "train", "message": "epoch 62/200, batch loss 0.021"},
+                    "created_at": "2026-11-26T21:00:00Z",
+                    "started_at": "2026-11-26T21:00:01Z",
+                    "finished_at": None,
+                    "error": None,
+                    "spec": EXAMPLE_SPEC,
+                }
+            ]
+        }
+    )
 
     id: str
     status: JobStatus
@@ -116,24 +154,52 @@ class JobOut(BaseModel):
 
 
 class JobsOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [{
-        "id": "3f2b9c0e8d7a4c1e9b6f5a4d3c2b1a09", "status": "running",
-        "progress": {"fraction": 0.31, "stage": "train", "message": "epoch 62/200, batch loss 0.021"},
-        "created_at": "2026-11-26T21:00:00Z", "started_at": "2026-11-26T21:00:01Z", "finished_at": None,
-        "error": None, "spec": EXAMPLE_SPEC,
-    }], "count": 1, "next_cursor": "1795729200.123"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "data": [
+                        {
+                            "id": "3f2b9c0e8d7a4c1e9b6f5a4d3c2b1a09",
+                            "status": "running",
+                            "progress": {
+                                "fraction": 0.31,
+                                "stage": "train",
+                                "message": "epoch 62/200, batch loss 0.021",
+                            },
+                            "created_at": "2026-11-26T21:00:00Z",
+                            "started_at": "2026-11-26T21:00:01Z",
+                            "finished_at": None,
+                            "error": None,
+                            "spec": EXAMPLE_SPEC,
+                        }
+                    ],
+                    "count": 1,
+                    "next_cursor": "1795729200.123",
+                }
+            ]
+        }
+    )
 
     data: list[JobOut]
     count: int = Field(description="Number of jobs on this page.")
-    next_cursor: str | None = Field(
-        None, description="Pass as `cursor` for the next page; null on the last page."
-    )
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")
 
 
 class Timings(BaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "train_seconds": 40.5, "similarity_seconds": 0.03, "clustering_seconds": 3.3, "total_seconds": 44.6,
-    }]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "train_seconds": 40.5,
+                    "similarity_seconds": 0.03,
+                    "clustering_seconds": 3.3,
+                    "total_seconds": 44.6,
+                }
+            ]
+        },
+    )
     train_seconds: float | None = None
     similarity_seconds: float | None = None
     clustering_seconds: float | None = None
@@ -172,7 +238,21 @@ class HealthOut(BaseModel):
 
 
 class ReadyOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "unavailable", "checks": {"redis": "ok", "data_dir": "ok", "workers": "no live worker listens on queue 'lelastic'"}, "failed": ["workers"]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "unavailable",
+                    "checks": {
+                        "redis": "ok",
+                        "data_dir": "ok",
+                        "workers": "no live worker listens on queue 'lelastic'",
+                    },
+                    "failed": ["workers"],
+                }
+            ]
+        }
+    )
 
     status: Literal["ready", "unavailable"]
     checks: dict[str, str] = Field(description="Check name → 'ok' or why it failed.")

@@ -141,9 +141,7 @@ WeightsSpec = Annotated[InitWeights | TrainedWeights | UploadedWeights, Field(di
 
 class SimilaritySpec(StrictModel):
     kind: Literal["kernelized", "relative", "activation"] = "kernelized"
-    step: float = Field(
-        0.0, ge=0, le=10, description="SGD step η of the probe; 0 means the exact small-step limit."
-    )
+    step: float = Field(0.0, ge=0, le=10, description="SGD step η of the probe; 0 means the exact small-step limit.")
     schedule: Literal["fixed", "trajectory"] = Field(
         "fixed",
         description="fixed: every probe starts from the same θ; trajectory: one SGD pass, θ carried forward.",
@@ -202,7 +200,10 @@ class JobSpec(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
-        for name, number in (("weights.lr", getattr(self.weights, "lr", 1.0)), ("similarity.step", self.similarity.step)):
+        for name, number in (
+            ("weights.lr", getattr(self.weights, "lr", 1.0)),
+            ("similarity.step", self.similarity.step),
+        ):
             if not math.isfinite(number):
                 raise ValueError(f"{name} must be finite, got {number!r}")
         if self.similarity.kind == "activation" and self.model.arch not in ("mlp", "resmlp"):
@@ -270,7 +271,9 @@ def cnn_geometry(input_shape: list[int] | tuple[int, ...]) -> dict[str, int]:
     return {"channels": channels, "padding": padding, "flat": 50 * height * width}
 
 
-def parameter_shapes(model: LinearModel | MLPModel | ResMLPModel | CNNModel, input_shape: list[int]) -> dict[str, list[int]]:
+def parameter_shapes(
+    model: LinearModel | MLPModel | ResMLPModel | CNNModel, input_shape: list[int]
+) -> dict[str, list[int]]:
     """Name → shape of every parameter of the model the workers build for `model` (torch state_dict order).
 
     Used to check uploaded weights without importing torch. The model has one scalar output.
@@ -285,16 +288,23 @@ def parameter_shapes(model: LinearModel | MLPModel | ResMLPModel | CNNModel, inp
     elif isinstance(model, ResMLPModel):
         w = model.width
         shapes = {
-            "fc1.weight": [w, d], "fc1.bias": [w],
-            "fc2.weight": [w, w], "fc2.bias": [w],
-            "out.weight": [1, w], "out.bias": [1],
+            "fc1.weight": [w, d],
+            "fc1.bias": [w],
+            "fc2.weight": [w, w],
+            "fc2.bias": [w],
+            "out.weight": [1, w],
+            "out.bias": [1],
         }
     else:
         geometry = cnn_geometry(input_shape)
         shapes = {
-            "conv1.weight": [20, geometry["channels"], 5, 5], "conv1.bias": [20],
-            "conv2.weight": [50, 20, 5, 5], "conv2.bias": [50],
-            "fc1.weight": [500, geometry["flat"]], "fc1.bias": [500],
-            "fc2.weight": [1, 500], "fc2.bias": [1],
+            "conv1.weight": [20, geometry["channels"], 5, 5],
+            "conv1.bias": [20],
+            "conv2.weight": [50, 20, 5, 5],
+            "conv2.bias": [50],
+            "fc1.weight": [500, geometry["flat"]],
+            "fc1.bias": [500],
+            "fc2.weight": [1, 500],
+            "fc2.bias": [1],
         }
     return shapes

@@ -98,9 +98,7 @@ class EmbeddedValkey:
         try:
             server.start(timeout=timeout)
         except Exception as exc:
-            raise StackError(
-                f"the embedded Valkey server did not start: {exc} (log: {self.log_path})"
-            ) from exc
+            raise StackError(f"the embedded Valkey server did not start: {exc} (log: {self.log_path})") from exc
         self.server = server
         port_file.write_text(f"{server.port}\n")
         log.info("valkey listening on %s (data in %s)", server.connection_url, self.directory)
@@ -288,9 +286,7 @@ class Stack:
             self.children = [
                 Child("api", [*cli, "api", "--host", self.config.host, "--port", str(self.config.port)], env)
             ]
-            self.children += [
-                Child(f"worker-{i + 1}", [*cli, "worker"], env) for i in range(self.config.workers)
-            ]
+            self.children += [Child(f"worker-{i + 1}", [*cli, "worker"], env) for i in range(self.config.workers)]
             for child in self.children:
                 child.start(self.config.output)
             self._wait_for_api(ready_timeout)
@@ -305,9 +301,7 @@ class Stack:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise StackError(
-                f"another `lelastic up` is already running on data dir {self.data_dir}"
-            ) from None
+            raise StackError(f"another `lelastic up` is already running on data dir {self.data_dir}") from None
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._lock = handle
@@ -319,9 +313,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._stopping.is_set():
             if not api.running():
-                raise StackError(
-                    f"the API process exited during start-up (exit code {api.process.returncode})"
-                )
+                raise StackError(f"the API process exited during start-up (exit code {api.process.returncode})")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.api_url}/healthz", timeout=2).status_code == 200:
                     return

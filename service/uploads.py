@@ -188,9 +188,7 @@ def read_npy(path: Path) -> ParsedDataset:
     try:
         X = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
-        raise InvalidInput.at(
-            ["body", "file"], f"not a readable .npy array without pickles: {exc}", None
-        ) from exc
+        raise InvalidInput.at(["body", "file"], f"not a readable .npy array without pickles: {exc}", None) from exc
     return checked_dataset(X, None)
 
 
@@ -214,9 +212,7 @@ def read_npz(path: Path, *, max_bytes: int) -> ParsedDataset:
                 )
             return checked_dataset(archive["X"], archive["y"] if "y" in names else None)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise InvalidInput.at(
-            ["body", "file"], f"not a readable .npz archive without pickles: {exc}", None
-        ) from exc
+        raise InvalidInput.at(["body", "file"], f"not a readable .npz archive without pickles: {exc}", None) from exc
 
 
 def checked_dataset(X: np.ndarray, y: np.ndarray | None) -> ParsedDataset:
@@ -250,9 +246,7 @@ def checked_dataset(X: np.ndarray, y: np.ndarray | None) -> ParsedDataset:
             ["body", "y"], f"y must have shape [{X.shape[0]}] (one label per row of X)", list(y.shape)
         )
     if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(np.isfinite(y))):
-        raise InvalidInput.at(
-            ["body", "y"], f"y must hold integer labels; got dtype {y.dtype.str!r}", str(y.dtype)
-        )
+        raise InvalidInput.at(["body", "y"], f"y must hold integer labels; got dtype {y.dtype.str!r}", str(y.dtype))
     if y.dtype.kind == "f" and np.any(y != np.round(y)):
         first = int(np.flatnonzero(y != np.round(y))[0])
         raise InvalidInput.at(["body", "y", first], "y must hold integer labels", float(y[first]))
@@ -298,14 +292,10 @@ def read_csv(path: Path, *, label_column: str | None) -> ParsedDataset:
                     number = _number(cell)
                     if number is None or not math.isfinite(number):
                         msg = f"row {line}, column {names[c]!r}: expected a finite number"
-                        raise InvalidInput.at(
-                            ["body", "file", f"row {line}", f"column {names[c]}"], msg, cell
-                        )
+                        raise InvalidInput.at(["body", "file", f"row {line}", f"column {names[c]}"], msg, cell)
                     if c == label_index and number != round(number):
                         msg = f"row {line}, column {names[c]!r}: labels must be integers"
-                        raise InvalidInput.at(
-                            ["body", "file", f"row {line}", f"column {names[c]}"], msg, cell
-                        )
+                        raise InvalidInput.at(["body", "file", f"row {line}", f"column {names[c]}"], msg, cell)
                     values.append(number)
                 rows += 1
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -340,9 +330,7 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
             raise bad("shorter than its 8-byte header length", total)
         length = int.from_bytes(prefix, "little")
         if length > MAX_SAFETENSORS_HEADER or length > total - 8:
-            raise bad(
-                f"header length {length} exceeds the file ({total} bytes) or the 100 MB header limit", length
-            )
+            raise bad(f"header length {length} exceeds the file ({total} bytes) or the 100 MB header limit", length)
         raw = handle.read(length)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -366,22 +354,16 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise bad(f"tensor {name!r} has invalid data_offsets", offsets)
         if offsets[1] - offsets[0] != math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]:
-            raise bad(
-                f"tensor {name!r}: data_offsets {offsets} do not match shape {shape} of {dtype}", offsets
-            )
+            raise bad(f"tensor {name!r}: data_offsets {offsets} do not match shape {shape} of {dtype}", offsets)
         spans.append((offsets[0], offsets[1], name))
         tensors[name] = {"dtype": dtype, "shape": shape}
     position = 0
     for begin, end, name in sorted(spans):
         if begin != position:
-            raise bad(
-                f"tensor {name!r} starts at byte {begin}, expected {position} (no gaps or overlaps)", begin
-            )
+            raise bad(f"tensor {name!r} starts at byte {begin}, expected {position} (no gaps or overlaps)", begin)
         position = end
     if position != total - 8 - length:
-        raise bad(
-            f"the tensors take {position} bytes but the file holds {total - 8 - length} after the header"
-        )
+        raise bad(f"the tensors take {position} bytes but the file holds {total - 8 - length} after the header")
     return tensors
 
 

@@ -50,11 +50,7 @@ def dataset_facts(
         return DatasetFacts(n=info["n"], shape=info["shape"], classes=info["classes"], class_counts=counts)
     record = records.get_dataset(conn, dataset)
     if record is None or record["tenant"] != tenant or record["kind"] != "dataset":
-        hint = (
-            " (that id holds weights; pass it as weights.weights)"
-            if record and record["kind"] == "weights"
-            else ""
-        )
+        hint = " (that id holds weights; pass it as weights.weights)" if record and record["kind"] == "weights" else ""
         raise InvalidInput.at(
             ["body", "dataset"],
             f"no uploaded dataset has this id{hint}; use an id from "
@@ -162,11 +158,7 @@ def _overlap_and_size_issues(spec: job_spec.JobSpec, facts: DatasetFacts) -> lis
                 )
     need = max(2, spec.clustering.k if spec.clustering else 2)
     if primary_size is not None and primary_size < need:
-        why = (
-            f"clustering.k = {spec.clustering.k}"
-            if spec.clustering and spec.clustering.k > 2
-            else "a similarity"
-        )
+        why = f"clustering.k = {spec.clustering.k}" if spec.clustering and spec.clustering.k > 2 else "a similarity"
         found.append(
             issue(
                 ["body", "primary"],
@@ -174,11 +166,7 @@ def _overlap_and_size_issues(spec: job_spec.JobSpec, facts: DatasetFacts) -> lis
                 primary.model_dump(exclude_none=True) if primary else None,
             )
         )
-    if (
-        auxiliary is not None
-        and spec.weights.source != "trained"
-        and spec.similarity.schedule != "trajectory"
-    ):
+    if auxiliary is not None and spec.weights.source != "trained" and spec.similarity.schedule != "trajectory":
         found.append(
             issue(
                 ["body", "auxiliary"],
@@ -215,9 +203,7 @@ def _weights_issues(
     upload_id = spec.weights.weights
     record = records.get_dataset(conn, upload_id)
     if record is None or record["tenant"] != tenant or record["kind"] != "weights":
-        what = (
-            "holds a dataset, not weights" if record and record["kind"] == "dataset" else "is not an upload"
-        )
+        what = "holds a dataset, not weights" if record and record["kind"] == "dataset" else "is not an upload"
         return [
             issue(
                 loc,
@@ -293,9 +279,7 @@ def _limit_issues(
     epochs = getattr(spec.weights, "epochs", None)
     if epochs is not None and epochs > settings.max_epochs:
         found.append(
-            limits.limit_issue(
-                ["body", "weights", "epochs"], "epochs", epochs, "max_epochs", settings.max_epochs
-            )
+            limits.limit_issue(["body", "weights", "epochs"], "epochs", epochs, "max_epochs", settings.max_epochs)
         )
     if spec.clustering is not None and spec.clustering.k > settings.max_clusters:
         found.append(

@@ -38,9 +38,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `worker` skip, with the reason, while the worker task does not exist yet."""
     if WORKER_TASKS.exists():
         return
-    skip = pytest.mark.skip(
-        reason=f"{WORKER_TASKS.relative_to(REPO_ROOT)} does not exist yet (the worker task)"
-    )
+    skip = pytest.mark.skip(reason=f"{WORKER_TASKS.relative_to(REPO_ROOT)} does not exist yet (the worker task)")
     for item in items:
         if item.get_closest_marker("worker"):
             item.add_marker(skip)

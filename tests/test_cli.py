@@ -56,9 +56,7 @@ def test_up_refuses_a_negative_worker_count(capsys):
 
 
 def test_submit_and_worker_arguments():
-    args = cli.build_parser().parse_args(
-        ["submit", "spec.json", "--dataset", "x.npz", "--wait", "--out", "o"]
-    )
+    args = cli.build_parser().parse_args(["submit", "spec.json", "--dataset", "x.npz", "--wait", "--out", "o"])
     assert (args.spec, args.dataset, args.wait, args.out, args.url) == (
         Path("spec.json"),
         Path("x.npz"),

@@ -106,9 +106,7 @@ def test_api_command_imports_no_torch():
     import subprocess
     import sys
 
-    code = (
-        "import sys, service.cli, service.app; sys.exit('torch' in sys.modules or 'sklearn' in sys.modules)"
-    )
+    code = "import sys, service.cli, service.app; sys.exit('torch' in sys.modules or 'sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
@@ -193,9 +191,7 @@ def test_readme_env_vars_commands_and_placeholders():
     for figure in figures:
         assert (ROOT / figure).is_file(), f"README shows {figure}, which does not exist"
     blocks = re.findall(r"^```sh\n(.*?)^```", text, re.M | re.S)
-    commands = [
-        line.split("#")[0] for block in blocks for line in block.splitlines() if line.startswith("lelastic ")
-    ]
+    commands = [line.split("#")[0] for block in blocks for line in block.splitlines() if line.startswith("lelastic ")]
     assert len(commands) >= 4
     for line in commands:
         check_lelastic_command(shlex.split(line))

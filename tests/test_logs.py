@@ -109,9 +109,7 @@ def test_the_request_id_is_echoed_or_generated(client):
 
 
 @pytest.mark.worker
-def test_a_job_on_a_real_worker_logs_json_lines_with_its_job_id_and_tenant(
-    settings, redis_conn, run_worker_burst
-):
+def test_a_job_on_a_real_worker_logs_json_lines_with_its_job_id_and_tenant(settings, redis_conn, run_worker_burst):
     job = records.create_job(redis_conn, spec=TINY_SPEC, tenant="alice")
     queue.enqueue(redis_conn, settings, job.id)
     worked = run_worker_burst(settings)
@@ -155,7 +153,11 @@ def test_an_api_process_never_logs_api_keys_or_bodies(settings, tmp_path: Path):
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
-        env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     secret_body = "body-secret-6f1d2c"
     wrong_key = "lel_wrong-key-that-must-not-be-logged"
@@ -181,7 +183,8 @@ def test_an_api_process_never_logs_api_keys_or_bodies(settings, tmp_path: Path):
             bad = http.post("/v1/jobs", headers={"X-API-Key": key}, json=body)
             assert bad.status_code == 422
             upload = http.post(
-                "/v1/datasets", headers={"Authorization": f"Bearer {key}"},
+                "/v1/datasets",
+                headers={"Authorization": f"Bearer {key}"},
                 files={"file": ("x.csv", f"{secret_body}\n1,2\n".encode())},
             )
             assert upload.status_code in (201, 413, 422)
@@ -193,7 +196,7 @@ def test_an_api_process_never_logs_api_keys_or_bodies(settings, tmp_path: Path):
             process.kill()
             out, err = process.communicate()
     text = out + err
-    assert key not in text and key[len(auth.KEY_PREFIX):] not in text
+    assert key not in text and key[len(auth.KEY_PREFIX) :] not in text
     assert wrong_key not in text and secret_body not in text
     lines = parse_lines(err)
     access = [line for line in lines if line["logger"] == "lelastic.access"]

@@ -27,7 +27,9 @@ class JobData:
     auxiliary: np.ndarray
 
 
-def load_dataset(spec: JobSpec, data_dir: DataDir) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, str | None]:
+def load_dataset(
+    spec: JobSpec, data_dir: DataDir
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, str | None]:
     """(X, y, coords, builtin name) of the spec's dataset."""
     if isinstance(spec.dataset, BuiltinDataset):
         from workers.compute.datasets import load_builtin

@@ -1,7 +1,7 @@
 """Errors a job can end with.
 
-    JobFailure          the job cannot be done as specified; its message is the reason the client sees
-    └── JobCanceled     the job was canceled while it ran (its record is already final)
+JobFailure          the job cannot be done as specified; its message is the reason the client sees
+└── JobCanceled     the job was canceled while it ran (its record is already final)
 """
 
 

@@ -23,7 +23,13 @@ from workers.data import JobData, resolve
 from workers.errors import JobFailure
 
 #: (stage, start, end) of each stage on the job's overall progress scale.
-STAGES = {"load": (0.0, 0.03), "train": (0.03, 0.5), "similarity": (0.5, 0.85), "cluster": (0.85, 0.95), "write": (0.95, 1.0)}
+STAGES = {
+    "load": (0.0, 0.03),
+    "train": (0.03, 0.5),
+    "similarity": (0.5, 0.85),
+    "cluster": (0.85, 0.95),
+    "write": (0.95, 1.0),
+}
 
 Progress = Callable[[float, str, str], None]
 
@@ -66,8 +72,15 @@ def versions() -> dict[str, str]:
     }
 
 
-def measure_theta(spec: JobSpec, data: JobData, *, seed: int, device: torch.device, data_dir: DataDir,
-                  progress: Callable[[float, str], None]) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+def measure_theta(
+    spec: JobSpec,
+    data: JobData,
+    *,
+    seed: int,
+    device: torch.device,
+    data_dir: DataDir,
+    progress: Callable[[float, str], None],
+) -> tuple[torch.nn.Module, dict[str, Any] | None]:
     """Build the model and bring it to the spec's θ. Returns (model, training report or None)."""
     input_shape = list(data.X.shape[1:])
     model = models.build_model(spec.model, input_shape, seed=seed).to(device)
@@ -90,16 +103,29 @@ def measure_theta(spec: JobSpec, data: JobData, *, seed: int, device: torch.devi
     y = torch.cat([torch.ones(data.primary.size), torch.zeros(data.auxiliary.size)]).to(device)
     try:
         report = training.train(
-            model, X, y, loss=spec.loss, epochs=weights.epochs, lr=weights.lr,
-            batch_size=weights.batch_size, seed=seed, progress=progress,
+            model,
+            X,
+            y,
+            loss=spec.loss,
+            epochs=weights.epochs,
+            lr=weights.lr,
+            batch_size=weights.batch_size,
+            seed=seed,
+            progress=progress,
         )
     except training.TrainingDiverged as error:
         raise JobFailure(str(error)) from error
     return model, report
 
 
-def run_pipeline(spec: JobSpec, *, job_dir: Path, data_dir: DataDir, device_setting: str = "auto",
-                 report: Progress = lambda fraction, stage, message: None) -> dict[str, Any]:
+def run_pipeline(
+    spec: JobSpec,
+    *,
+    job_dir: Path,
+    data_dir: DataDir,
+    device_setting: str = "auto",
+    report: Progress = lambda fraction, stage, message: None,
+) -> dict[str, Any]:
     """Compute everything the spec asks for, write the artifacts into `job_dir`, return the result."""
     progress = StageProgress(report)
     started = time.perf_counter()
@@ -117,15 +143,26 @@ def run_pipeline(spec: JobSpec, *, job_dir: Path, data_dir: DataDir, device_sett
         share = (repeat / sim.repeats, (repeat + 1) / sim.repeats)
         tick = time.perf_counter()
         model, train_report = measure_theta(
-            spec, data, seed=spec.seed + repeat, device=device, data_dir=data_dir,
+            spec,
+            data,
+            seed=spec.seed + repeat,
+            device=device,
+            data_dir=data_dir,
             progress=progress.within("train", *share),
         )
         train_seconds += time.perf_counter() - tick
         trainings.append(train_report)
         tick = time.perf_counter()
         raw = similarity.similarity(
-            model, X_primary, kind=sim.kind, step=sim.step, loss=spec.loss, schedule=sim.schedule,
-            X_aux=X_aux, seed=spec.seed + repeat, progress=progress.within("similarity", *share),
+            model,
+            X_primary,
+            kind=sim.kind,
+            step=sim.step,
+            loss=spec.loss,
+            schedule=sim.schedule,
+            X_aux=X_aux,
+            seed=spec.seed + repeat,
+            progress=progress.within("similarity", *share),
         )
         similarity_seconds += time.perf_counter() - tick
         if not np.all(np.isfinite(raw)):
@@ -143,7 +180,9 @@ def run_pipeline(spec: JobSpec, *, job_dir: Path, data_dir: DataDir, device_sett
     clusters = None
     if spec.clustering is not None:
         k = spec.clustering.k
-        clusters = clustering.cluster(S, method=spec.clustering_method(), k=k, seed=spec.seed, n_init=spec.clustering.n_init)
+        clusters = clustering.cluster(
+            S, method=spec.clustering_method(), k=k, seed=spec.seed, n_init=spec.clustering.n_init
+        )
         result["clusters"] = clusters.tolist()
         result["clustering"] = {"method": spec.clustering_method(), "k": k}
         if labels_true is not None:
@@ -152,7 +191,8 @@ def run_pipeline(spec: JobSpec, *, job_dir: Path, data_dir: DataDir, device_sett
         flat = data.X[data.primary].reshape(data.primary.size, -1)
         for name, labels in baselines.run_baselines(flat, k=k, seed=spec.seed, names=tuple(spec.baselines)).items():
             result["baselines"][name] = (
-                metrics.clustering_metrics(labels_true, labels) if labels_true is not None
+                metrics.clustering_metrics(labels_true, labels)
+                if labels_true is not None
                 else {"cluster_sizes": np.bincount(labels, minlength=k).tolist()}
             )
     elif labels_true is not None:
@@ -163,7 +203,9 @@ def run_pipeline(spec: JobSpec, *, job_dir: Path, data_dir: DataDir, device_sett
     clustering_seconds = time.perf_counter() - tick
 
     progress("write", 0.0, "writing artifacts")
-    artifacts = write_artifacts(job_dir, S=S, data=data, clusters=clusters, model=first_model, elasticity_png=analysis_png)
+    artifacts = write_artifacts(
+        job_dir, S=S, data=data, clusters=clusters, model=first_model, elasticity_png=analysis_png
+    )
     trained = [t for t in trainings if t is not None]
     result.update(
         training=trained[0] if len(trained) == 1 else (trained or None),
@@ -202,8 +244,15 @@ def elasticity_analysis(S_raw: np.ndarray, data: JobData, spec: JobSpec) -> tupl
     return stats, png
 
 
-def write_artifacts(job_dir: Path, *, S: np.ndarray, data: JobData, clusters: np.ndarray | None,
-                    model: torch.nn.Module | None, elasticity_png: bytes | None) -> list[str]:
+def write_artifacts(
+    job_dir: Path,
+    *,
+    S: np.ndarray,
+    data: JobData,
+    clusters: np.ndarray | None,
+    model: torch.nn.Module | None,
+    elasticity_png: bytes | None,
+) -> list[str]:
     """Write every artifact atomically; returns their names."""
     from workers.compute import plots
 
@@ -222,7 +271,9 @@ def write_artifacts(job_dir: Path, *, S: np.ndarray, data: JobData, clusters: np
     if model is not None:
         from safetensors.torch import save
 
-        tensors = {name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in model.state_dict().items()}
+        tensors = {
+            name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in model.state_dict().items()
+        }
         atomic_write_bytes(job_dir / "weights.safetensors", save(tensors))
         written.append("weights.safetensors")
     order_labels = clusters if clusters is not None else np.zeros(S.shape[0], dtype=np.int64)

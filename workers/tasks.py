@@ -76,8 +76,12 @@ def _with_job_logging(task):
             except BaseException:
                 log.exception("job ended with an exception after %.1f s", time.monotonic() - started)
                 raise
-            log.info("job ended: %s in %.1f s", status, time.monotonic() - started,
-                     extra={"status": status, "duration_s": round(time.monotonic() - started, 3)})
+            log.info(
+                "job ended: %s in %.1f s",
+                status,
+                time.monotonic() - started,
+                extra={"status": status, "duration_s": round(time.monotonic() - started, 3)},
+            )
             return status
 
     return wrapper
@@ -102,11 +106,17 @@ def run_job(job_id: str) -> str:
         record = records.get_job(conn, job_id)
         spec = JobSpec.model_validate(record.spec)
         result = run_pipeline(
-            spec, job_dir=job_dir, data_dir=data_dir, device_setting=settings.device,
+            spec,
+            job_dir=job_dir,
+            data_dir=data_dir,
+            device_setting=settings.device,
             report=ProgressWriter(conn, job_id),
         )
         done, now_status = records.transition(
-            conn, job_id, "succeeded", allowed_from=("running",),
+            conn,
+            job_id,
+            "succeeded",
+            allowed_from=("running",),
             fields={"result": result, "finished_at": records.now()},
         )
         if not done:
@@ -118,7 +128,9 @@ def run_job(job_id: str) -> str:
         _discard(conn, data_dir, job_id)
         return "canceled"
     except JobTimeoutException:
-        return _fail(conn, data_dir, job_id, f"timeout: the job ran past the job time limit of {settings.job_timeout} s")
+        return _fail(
+            conn, data_dir, job_id, f"timeout: the job ran past the job time limit of {settings.job_timeout} s"
+        )
     except JobFailure as error:
         return _fail(conn, data_dir, job_id, str(error))
     except torch.cuda.OutOfMemoryError:

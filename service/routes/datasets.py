@@ -110,8 +110,7 @@ def _parse_and_store(
         413: {"model": ErrorOut, "description": "The file is larger than max_upload_bytes."},
         422: {
             "model": ErrorOut,
-            "description": "Unsupported, malformed or invalid file, or one over a limit; the body names the "
-            "problem.",
+            "description": "Unsupported, malformed or invalid file, or one over a limit; the body names the problem.",
         },
         429: {"model": ErrorOut, "description": "Too many requests this minute; see Retry-After."},
     },
@@ -125,17 +124,13 @@ async def create_dataset(
     tenant: TenantDep,
     key: idempotency.KeyDep,
 ) -> Any:
-    upload = await uploads.receive_multipart(
-        request, dest_dir=data_dir.root, max_bytes=settings.max_upload_bytes
-    )
+    upload = await uploads.receive_multipart(request, dest_dir=data_dir.root, max_bytes=settings.max_upload_bytes)
     try:
         claim = None
         if key is not None:
             fingerprint = idempotency.upload_fingerprint(upload.file_sha256, upload.filename, upload.fields)
             outcome = await anyio.to_thread.run_sync(
-                lambda: idempotency.begin(
-                    conn, tenant=tenant, route="datasets", key=key, fingerprint=fingerprint
-                )
+                lambda: idempotency.begin(conn, tenant=tenant, route="datasets", key=key, fingerprint=fingerprint)
             )
             if isinstance(outcome, idempotency.Stored):
                 return await anyio.to_thread.run_sync(_replayed, conn, outcome)
@@ -252,8 +247,7 @@ def delete_dataset(dataset_id: str, conn: RedisDep, data_dir: DataDirDep, tenant
     if users:
         raise Conflict.at(
             ["path", "dataset_id"],
-            f"in use by {len(users)} queued or running job(s) {users[:10]}; "
-            "cancel them or wait for them to finish",
+            f"in use by {len(users)} queued or running job(s) {users[:10]}; cancel them or wait for them to finish",
             dataset_id,
             jobs=users,
         )

@@ -25,9 +25,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NOT_FOUND = {404: {"model": ErrorOut, "description": "No job with this id."}}
 SpecBody = Annotated[
     job_spec.JobSpec,
-    Body(
-        openapi_examples={"digits": {"summary": "Digits 3 vs 5, trained MLP", "value": job_spec.EXAMPLE_SPEC}}
-    ),
+    Body(openapi_examples={"digits": {"summary": "Digits 3 vs 5, trained MLP", "value": job_spec.EXAMPLE_SPEC}}),
 ]
 
 
@@ -124,9 +122,7 @@ def _replayed(conn: Any, stored: idempotency.Stored) -> JSONResponse:
     """The response to a retry: the job as it is now (the original body if it was purged since)."""
     record = records.get_job(conn, stored.resource_id)
     body = (
-        JobOut.from_record(queue.reconcile(conn, record)).model_dump(mode="json")
-        if record is not None
-        else stored.body
+        JobOut.from_record(queue.reconcile(conn, record)).model_dump(mode="json") if record is not None else stored.body
     )
     headers = {"Idempotent-Replayed": "true"}
     if stored.location:
@@ -139,9 +135,7 @@ def _cursor(value: str | None) -> str | None:
         with contextlib.suppress(ValueError):
             if math.isfinite(float(value)):
                 return value
-        raise InvalidInput.at(
-            ["query", "cursor"], "not a cursor; pass the `next_cursor` of the previous page", value
-        )
+        raise InvalidInput.at(["query", "cursor"], "not a cursor; pass the `next_cursor` of the previous page", value)
     return value
 
 
@@ -159,13 +153,9 @@ def read_jobs(
         Query(description="Only jobs with this status."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page.")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
-    ] = None,
+    cursor: Annotated[str | None, Query(max_length=64, description="`next_cursor` of the previous page.")] = None,
 ) -> JobsOut:
-    found, next_cursor = records.list_jobs(
-        conn, tenant=tenant, status=status, limit=limit, cursor=_cursor(cursor)
-    )
+    found, next_cursor = records.list_jobs(conn, tenant=tenant, status=status, limit=limit, cursor=_cursor(cursor))
     data = [JobOut.from_record(queue.reconcile(conn, r)) for r in found]
     return JobsOut(data=data, count=len(data), next_cursor=next_cursor)
 
@@ -237,9 +227,7 @@ def read_result(
         )
     result = dict(record.result)
     result["artifacts"] = {
-        name: f"/v1/jobs/{job_id}/artifacts/{name}"
-        for name in result.get("artifacts") or []
-        if name in ARTIFACT_TYPES
+        name: f"/v1/jobs/{job_id}/artifacts/{name}" for name in result.get("artifacts") or [] if name in ARTIFACT_TYPES
     }
     result["similarity"], result["similarity_inline"] = None, False
     path = data_dir.artifact(job_id, "similarity.npy")
@@ -249,9 +237,7 @@ def read_result(
         if matrix.ndim == 2 and matrix.shape[0] <= settings.inline_matrix_max_n:
             values = np.asarray(matrix, dtype=np.float64)
             nested = (
-                values.tolist()
-                if np.isfinite(values).all()
-                else np.where(np.isfinite(values), values, None).tolist()
+                values.tolist() if np.isfinite(values).all() else np.where(np.isfinite(values), values, None).tolist()
             )
             result["similarity"], result["similarity_inline"] = nested, True
     try:
@@ -278,9 +264,7 @@ def _finite_or_null(value: Any) -> Any:
     response_class=FileResponse,
     responses={**NOT_FOUND, 200: {"content": {t: {} for t in set(ARTIFACT_TYPES.values())}}},
 )
-def read_artifact(
-    job_id: str, name: str, conn: RedisDep, data_dir: DataDirDep, tenant: TenantDep
-) -> FileResponse:
+def read_artifact(job_id: str, name: str, conn: RedisDep, data_dir: DataDirDep, tenant: TenantDep) -> FileResponse:
     _owned_job(conn, job_id, tenant)
     if name not in ARTIFACT_TYPES:
         raise NotFound.at(["path", "name"], f"no such artifact; artifacts are {sorted(ARTIFACT_TYPES)}", name)

@@ -62,8 +62,7 @@ class HttpMetrics:
             snapshot = {key: (list(counts), self._sums[key]) for key, counts in self._buckets.items()}
         for (method, route, status), (counts, _) in sorted(snapshot.items()):
             lines.append(
-                f"lelastic_http_requests_total{_labels(method=method, route=route, status=status)} "
-                f"{sum(counts)}"
+                f"lelastic_http_requests_total{_labels(method=method, route=route, status=status)} {sum(counts)}"
             )
         lines += [
             "# HELP lelastic_http_request_duration_seconds Time to answer an HTTP request.",

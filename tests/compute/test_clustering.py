@@ -94,9 +94,7 @@ def test_validation_errors():
 def test_cluster_deterministic_for_seed():
     S, _ = block_matrix((10, 10, 10), noise=0.6, seed=5)
     for method in METHODS:
-        np.testing.assert_array_equal(
-            cluster(S, method=method, k=3, seed=11), cluster(S, method=method, k=3, seed=11)
-        )
+        np.testing.assert_array_equal(cluster(S, method=method, k=3, seed=11), cluster(S, method=method, k=3, seed=11))
 
 
 def test_baselines_recover_blobs():

@@ -109,18 +109,14 @@ def test_geodesic_folded_boxes():
     # same face, across the fold at x = 0
     assert g("two_folded_boxes", [[-2.0, 1, 0.0]], [[3.0, 1, 0.0]])[0, 0] == pytest.approx(5 * s)
     # quadrature with dz
-    assert g("two_folded_boxes", [[1.0, -1, -1.0]], [[4.0, -1, 1.0]])[0, 0] == pytest.approx(
-        np.hypot(3 * s, 2)
-    )
+    assert g("two_folded_boxes", [[1.0, -1, -1.0]], [[4.0, -1, 1.0]])[0, 0] == pytest.approx(np.hypot(3 * s, 2))
     # the two faces meet at x = +-a: the shared vertex is one point
     assert g("two_folded_boxes", [[a1, 1, 0.0]], [[a1, -1, 0.0]])[0, 0] == pytest.approx(0, abs=1e-12)
     # round the vertex: x = 9 on face +1 to x = 9 on face -1
     assert g("two_folded_boxes", [[9.0, 1, 0.0]], [[9.0, -1, 0.0]])[0, 0] == pytest.approx(2 * (a1 - 9) * s)
     # apex to apex: half the perimeter, either way round; class 0 is the smaller rhombus
     assert g("two_folded_boxes", [[0.0, 1, 0.0]], [[0.0, -1, 0.0]])[0, 0] == pytest.approx(2 * a1 * s)
-    assert g("two_folded_boxes", [[0.0, 1, 0.0]], [[0.0, -1, 0.0]], label=0)[0, 0] == pytest.approx(
-        2 * 11 / 1.2 * s
-    )
+    assert g("two_folded_boxes", [[0.0, 1, 0.0]], [[0.0, -1, 0.0]], label=0)[0, 0] == pytest.approx(2 * 11 / 1.2 * s)
     # geodesic never exceeds the straight line... it is at least the Euclidean distance
     data = load_builtin("two_folded_boxes", n=100, seed=2)
     D = data.geodesic()

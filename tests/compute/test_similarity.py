@@ -106,9 +106,7 @@ def test_relu_crossings_matter_and_are_corrected():
     assert rel_err(similarity(model, X, kind="kernelized", step=eta, loss="mse"), R) < 1e-4
 
 
-@pytest.mark.parametrize(
-    "spec", [MLPModel(width=64), ResMLPModel(arch="resmlp", width=8)], ids=lambda s: s.arch
-)
+@pytest.mark.parametrize("spec", [MLPModel(width=64), ResMLPModel(arch="resmlp", width=8)], ids=lambda s: s.arch)
 @pytest.mark.parametrize("loss", ["mse", "bce"])
 @pytest.mark.parametrize("kind", ["kernelized", "relative"])
 def test_small_step_approaches_limit(spec, loss, kind):
@@ -155,9 +153,7 @@ def test_naive_float32_differencing_is_noisy_but_ours_is_not():
     assert rel_err(similarity(model, X, kind="kernelized", step=eta, loss="mse"), R) < 1e-5
 
 
-@pytest.mark.parametrize(
-    "spec", [MLPModel(width=32), ResMLPModel(arch="resmlp", width=8)], ids=lambda s: s.arch
-)
+@pytest.mark.parametrize("spec", [MLPModel(width=32), ResMLPModel(arch="resmlp", width=8)], ids=lambda s: s.arch)
 @pytest.mark.parametrize("step", [0, 1e-2])
 def test_permuting_examples_permutes_S(spec, step):
     model, X = build_model(spec, [D], seed=0), data()

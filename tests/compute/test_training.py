@@ -20,8 +20,7 @@ def test_loss_goes_down_on_separable_set(loss):
     with torch.no_grad():
         before = float(batch_loss(model(X), y, loss))
     calls = []
-    out = train(model, X, y, loss=loss, epochs=60, lr=0.1, batch_size=10, seed=0,
-                progress=lambda f, m: calls.append(f))
+    out = train(model, X, y, loss=loss, epochs=60, lr=0.1, batch_size=10, seed=0, progress=lambda f, m: calls.append(f))
     assert out["final_loss"] < 0.5 * before
     assert out["final_accuracy"] >= 0.9
     assert calls and calls[-1] == 1.0

@@ -1,10 +1,10 @@
 """Fault tests: real Valkey, real RQ worker processes, real kills. Shared helpers.
 
-    start_worker(settings, log_dir)      a long-running (not burst) worker subprocess
-    stop_worker(process)                 SIGTERM, then SIGKILL what is left of it
-    wait_for(predicate, timeout)         poll until predicate() is truthy
-    wait_status(conn, job_id, statuses)  poll a job record until its status is one of `statuses`
-    worker_running(conn, job_id)         (worker pid, worker name) of the RQ worker now running a job
+start_worker(settings, log_dir)      a long-running (not burst) worker subprocess
+stop_worker(process)                 SIGTERM, then SIGKILL what is left of it
+wait_for(predicate, timeout)         poll until predicate() is truthy
+wait_status(conn, job_id, statuses)  poll a job record until its status is one of `statuses`
+worker_running(conn, job_id)         (worker pid, worker name) of the RQ worker now running a job
 """
 
 from __future__ import annotations
@@ -99,9 +99,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.1
         time.sleep(interval)
 
 
-def wait_status(
-    conn: redis.Redis, job_id: str, statuses: tuple[str, ...], timeout: float
-) -> records.JobRecord:
+def wait_status(conn: redis.Redis, job_id: str, statuses: tuple[str, ...], timeout: float) -> records.JobRecord:
     last: list[str | None] = [None]
 
     def reached() -> records.JobRecord | None:

@@ -30,6 +30,8 @@ ITERATIONS = 30
 
 def in_started_registry(conn, queue: str, job_id: str) -> bool:
     return any(entry.decode().startswith(job_id) for entry in conn.zrange(f"rq:wip:{queue}", 0, -1))
+
+
 FINAL = ("succeeded", "failed", "canceled")
 
 
@@ -60,8 +62,12 @@ def test_cancel_racing_completion_ends_in_exactly_one_final_state(settings, redi
                 record = wait_status(redis_conn, job_id, FINAL, timeout=60)
                 canceler.join()
                 # the worker is done with it (a stopped horse's leftovers are removed by its worker)
-                wait_for(lambda j=job_id: rq_glue.fetch_rq_job(redis_conn, j).get_status(refresh=True)
-                         not in ("queued", "started"), 30)
+                wait_for(
+                    lambda j=job_id: (
+                        rq_glue.fetch_rq_job(redis_conn, j).get_status(refresh=True) not in ("queued", "started")
+                    ),
+                    30,
+                )
                 wait_for(lambda j=job_id: not in_started_registry(redis_conn, quick.queue, j), 30)
                 record = records.get_job(redis_conn, job_id)
                 assert record.status in ("succeeded", "canceled"), (record.status, record.error)

@@ -18,8 +18,12 @@ pytestmark = pytest.mark.worker
 
 def valkey(directory, port=None) -> ValkeyServer:
     server = ValkeyServer(
-        port=port, data_dir=directory, persist=True,
-        appendonly="yes", appendfsync="always", logfile="valkey.log",
+        port=port,
+        data_dir=directory,
+        persist=True,
+        appendonly="yes",
+        appendfsync="always",
+        logfile="valkey.log",
     )
     server.start(timeout=20)
     return server

@@ -27,7 +27,11 @@ def run_burst_worker(settings, file_size_limit: int | None = None) -> subprocess
 
     return subprocess.run(
         [sys.executable, "-B", "-c", "from workers.main import run_worker; run_worker(burst=True)"],
-        cwd=REPO_ROOT, env=worker_env(settings), capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        env=worker_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
         preexec_fn=limit,
     )
 

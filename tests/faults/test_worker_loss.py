@@ -84,7 +84,8 @@ def test_once_retries_are_spent_a_lost_workers_job_fails_with_worker_lost(settin
             first, _ = kill_worker_running(redis_conn, job_id)
             # the retry: queued again by a surviving worker's sweep, then run by one of them
             wait_for(
-                lambda: (w := worker_running(redis_conn, job_id)) and w[0] != first, 60,
+                lambda: (w := worker_running(redis_conn, job_id)) and w[0] != first,
+                60,
                 message="the job was not run again after its worker was killed",
             )
             record = records.get_job(redis_conn, job_id)

@@ -190,9 +190,7 @@ def test_oversize_upload_is_413_and_leaves_nothing(settings):
     small = settings.model_copy(update={"max_upload_bytes": 4096})
     with TestClient(create_app(small)) as client:
         assert upload(client, "ok.npy", npy_bytes(np.zeros((100, 4)))).status_code == 201
-        assert_names(
-            upload(client, "big.npy", npy_bytes(np.zeros((600, 1)))), 413, "max_upload_bytes", "4096"
-        )
+        assert_names(upload(client, "big.npy", npy_bytes(np.zeros((600, 1)))), 413, "max_upload_bytes", "4096")
         assert client.get("/v1/datasets").json()["count"] == 1
     assert [p.name for p in settings.data_dir.iterdir() if p.is_file()] == []
 

@@ -32,13 +32,9 @@ def read_stream(client, job_id: str, **headers: str) -> list[dict]:
 
 
 def run_to_success(conn, job_id: str) -> None:
-    records.transition(
-        conn, job_id, "running", allowed_from=("queued",), fields={"started_at": records.now()}
-    )
+    records.transition(conn, job_id, "running", allowed_from=("queued",), fields={"started_at": records.now()})
     records.set_progress(conn, job_id, fraction=0.5, stage="similarity", message="half way")
-    records.transition(
-        conn, job_id, "succeeded", allowed_from=("running",), fields={"finished_at": records.now()}
-    )
+    records.transition(conn, job_id, "succeeded", allowed_from=("running",), fields={"finished_at": records.now()})
 
 
 def test_stream_has_every_event_then_ends_after_the_final_status(client, redis_conn):

@@ -55,9 +55,7 @@ def api_url(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         max_upload_bytes=1024**2,
     )
     port = _free_port()
-    config = uvicorn.Config(
-        create_app(app_settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    config = uvicorn.Config(create_app(app_settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -101,9 +99,7 @@ def _runs() -> list[pytest.param]:
 def seeded(api_url: str) -> dict[str, str]:
     """Path parameters of resources that exist: a dataset and a canceled job (its event stream ends)."""
     with httpx.Client(base_url=api_url) as http:
-        dataset = http.post(
-            "/v1/datasets", files={"file": ("x.npz", npz_bytes(X=np.eye(4), y=np.arange(4) % 2))}
-        )
+        dataset = http.post("/v1/datasets", files={"file": ("x.npz", npz_bytes(X=np.eye(4), y=np.arange(4) % 2))})
         job = http.post("/v1/jobs", json=DIGITS_3_5)
         assert dataset.status_code == 201 and job.status_code == 202, (dataset.text, job.text)
         assert http.delete(f"/v1/jobs/{job.json()['id']}").status_code == 200
@@ -156,9 +152,7 @@ def odd_files(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
     kind = draw(st.sampled_from(["npy", "npz", "csv", "safetensors"]))
     if kind == "csv":
         text = draw(st.text(alphabet=st.sampled_from(CSV_CHARACTERS), max_size=200))
-        form = draw(
-            st.sampled_from([{}, {"label_column": "0"}, {"label_column": "1"}, {"label_column": "a"}])
-        )
+        form = draw(st.sampled_from([{}, {"label_column": "0"}, {"label_column": "1"}, {"label_column": "a"}]))
         return "x.csv", text.encode(), form
     if kind == "safetensors":
         leaves = st.none() | st.integers() | st.text(max_size=5)

@@ -70,7 +70,5 @@ def test_the_api_never_imports_torch_sklearn_or_workers():
         "import sys, service.app; "
         "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn', 'workers', 'scipy')])"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

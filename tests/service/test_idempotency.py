@@ -25,9 +25,7 @@ def post_job(client, spec=None, key=KEY, **headers):
 
 
 def post_dataset(client, content: bytes, key=KEY, filename="x.npz", **form):
-    return client.post(
-        "/v1/datasets", files={"file": (filename, content)}, data=form, headers={"Idempotency-Key": key}
-    )
+    return client.post("/v1/datasets", files={"file": (filename, content)}, data=form, headers={"Idempotency-Key": key})
 
 
 def data(seed: int = 0) -> bytes:
@@ -43,9 +41,7 @@ def test_malformed_key_is_422_naming_the_header(client, value):
     response = client.post("/v1/jobs", json=DIGITS_3_5, headers={"Idempotency-Key": value})
     detail = assert_names(response, 422, "1 to 255 printable ASCII characters")
     assert detail[0]["loc"] == ["header", "Idempotency-Key"]
-    response = client.post(
-        "/v1/datasets", files={"file": ("x.npz", data())}, headers={"Idempotency-Key": value}
-    )
+    response = client.post("/v1/datasets", files={"file": ("x.npz", data())}, headers={"Idempotency-Key": value})
     assert_names(response, 422, "Idempotency-Key")
     assert client.get("/v1/jobs").json()["count"] == 0 and client.get("/v1/datasets").json()["count"] == 0
 
@@ -129,9 +125,7 @@ def test_concurrent_duplicates_create_exactly_one_job(client, redis_conn, settin
 
 def test_a_duplicate_waits_for_the_request_in_progress(client, redis_conn):
     fingerprint = idempotency.hashlib.sha256(json.dumps(DIGITS_3_5).encode()).hexdigest()
-    claim = idempotency.begin(
-        redis_conn, tenant=records.DEFAULT_TENANT, route="jobs", key=KEY, fingerprint=fingerprint
-    )
+    claim = idempotency.begin(redis_conn, tenant=records.DEFAULT_TENANT, route="jobs", key=KEY, fingerprint=fingerprint)
     assert isinstance(claim, idempotency.Claim)
     body = {"id": "0" * 32, "status": "queued"}
     finisher = threading.Timer(0.5, lambda: claim.complete(202, "0" * 32, "/v1/jobs/" + "0" * 32, body))
@@ -149,9 +143,7 @@ def test_a_duplicate_waits_for_the_request_in_progress(client, redis_conn):
 def test_a_duplicate_of_a_request_still_in_progress_gets_409(client, redis_conn, monkeypatch):
     monkeypatch.setattr(idempotency, "WAIT_SECONDS", 0.3)
     fingerprint = idempotency.hashlib.sha256(json.dumps(DIGITS_3_5).encode()).hexdigest()
-    idempotency.begin(
-        redis_conn, tenant=records.DEFAULT_TENANT, route="jobs", key=KEY, fingerprint=fingerprint
-    )
+    idempotency.begin(redis_conn, tenant=records.DEFAULT_TENANT, route="jobs", key=KEY, fingerprint=fingerprint)
     response = client.post(
         "/v1/jobs",
         content=json.dumps(DIGITS_3_5),

@@ -201,9 +201,7 @@ def test_result_is_409_with_the_status_before_success(client):
 
 def finish_job(redis_conn, settings, job_id: str, matrix: np.ndarray) -> None:
     """Play the worker: write artifacts, then record success with a result."""
-    records.transition(
-        redis_conn, job_id, "running", allowed_from=("queued",), fields={"started_at": records.now()}
-    )
+    records.transition(redis_conn, job_id, "running", allowed_from=("queued",), fields={"started_at": records.now()})
     job_dir = DataDir(settings.data_dir).job_dir(job_id)
     job_dir.mkdir(parents=True)
     np.save(job_dir / "similarity.npy", matrix)
@@ -257,9 +255,7 @@ def test_result_has_artifact_urls_and_the_inline_matrix(client, redis_conn, sett
         assert result["similarity"] is None and result["similarity_inline"] is False
 
 
-@pytest.mark.parametrize(
-    "name", ["secrets.txt", "..%2F..%2F..%2Fetc%2Fpasswd", "..%2Fresult.json", "heatmap.png"]
-)
+@pytest.mark.parametrize("name", ["secrets.txt", "..%2F..%2F..%2Fetc%2Fpasswd", "..%2Fresult.json", "heatmap.png"])
 def test_artifacts_outside_the_list_or_not_written_are_404(client, redis_conn, settings, name):
     job = submit(client).json()
     finish_job(redis_conn, settings, job["id"], np.eye(3))

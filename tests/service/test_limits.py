@@ -56,9 +56,7 @@ def test_upload_with_too_many_examples_is_422_naming_max_examples(settings):
 def test_upload_with_too_many_features_is_422_naming_max_features(settings):
     with limited_client(settings, max_features=10) as client:
         response = upload(client, "x.npy", npy_bytes(np.zeros((4, 3, 4))))
-        assert_names(
-            response, 422, "features per example = 12 exceeds max_features = 10 (LELASTIC_MAX_FEATURES)"
-        )
+        assert_names(response, 422, "features per example = 12 exceeds max_features = 10 (LELASTIC_MAX_FEATURES)")
         csv = "a,b,c\n" + "1,2,3\n" * 4
         response = upload(client, "x.csv", csv.encode())
         assert response.status_code == 201, response.text
@@ -124,9 +122,7 @@ def test_active_jobs_limit_is_429_with_retry_after_until_one_ends(settings, redi
     with limited_client(settings, max_active_jobs=2) as client:
         ids = [submit(client).json()["id"] for _ in range(2)]
         refused = submit(client)
-        detail = assert_names(
-            refused, 429, "active jobs = 2", "max_active_jobs = 2 (LELASTIC_MAX_ACTIVE_JOBS)"
-        )
+        detail = assert_names(refused, 429, "active jobs = 2", "max_active_jobs = 2 (LELASTIC_MAX_ACTIVE_JOBS)")
         assert detail[0]["ctx"]["limit"] == "max_active_jobs"
         assert int(refused.headers["retry-after"]) >= 1
         assert client.get("/v1/jobs").json()["count"] == 2, "a refused job leaves no record"

@@ -20,8 +20,9 @@ DAY = 24 * 3600
 SPEC = {"dataset": {"builtin": "digits"}, "weights": {"source": "init"}}
 
 
-def finished_job(conn, data_dir: DataDir, *, status: str = "succeeded", age: float, tenant: str = "alice",
-                 spec: dict | None = None) -> str:
+def finished_job(
+    conn, data_dir: DataDir, *, status: str = "succeeded", age: float, tenant: str = "alice", spec: dict | None = None
+) -> str:
     """A job record ended `age` seconds ago, with an artifact on disk."""
     job = records.create_job(conn, spec=spec or SPEC, tenant=tenant)
     ended = time.time() - age
@@ -63,8 +64,10 @@ def job_gone(conn, data_dir: DataDir, job_id: str, tenant: str = "alice") -> boo
 
 def test_expired_finished_jobs_go_with_their_events_index_rq_job_and_files(redis_conn, settings):
     data_dir = DataDir(settings.data_dir)
-    old = {status: finished_job(redis_conn, data_dir, status=status, age=40 * DAY)
-           for status in ("succeeded", "failed", "canceled")}
+    old = {
+        status: finished_job(redis_conn, data_dir, status=status, age=40 * DAY)
+        for status in ("succeeded", "failed", "canceled")
+    }
     queue.enqueue(redis_conn, settings, old["succeeded"])  # an RQ job of the same id, still on the queue
     fresh = finished_job(redis_conn, data_dir, age=DAY)
     waiting = records.create_job(redis_conn, spec=SPEC, tenant="alice").id  # queued, created long ago
@@ -189,7 +192,11 @@ def test_lelastic_gc_runs_one_sweep_and_prints_what_it_removed(redis_conn, setti
         "LELASTIC_QUEUE": settings.queue,
     }
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "gc"], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "service.cli", "gc"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr

@@ -28,7 +28,10 @@ def run(tmp_path, spec: dict, name: str = "job"):
     data_dir = DataDir(tmp_path / "data")
     events = []
     result = run_pipeline(
-        JobSpec.model_validate(spec), job_dir=data_dir.job_dir(name), data_dir=data_dir, device_setting="cpu",
+        JobSpec.model_validate(spec),
+        job_dir=data_dir.job_dir(name),
+        data_dir=data_dir,
+        device_setting="cpu",
         report=lambda fraction, stage, message: events.append((fraction, stage)),
     )
     return result, data_dir.job_dir(name), events
@@ -38,7 +41,12 @@ def test_pipeline_writes_every_artifact_and_a_consistent_result(tmp_path):
     result, job_dir, events = run(tmp_path, TINY)
     assert result["n"] == 60 and len(result["clusters"]) == 60
     assert set(result["artifacts"]) == {
-        "similarity.npy", "primary_index.npy", "clusters.npy", "weights.safetensors", "heatmap.png", "result.json"
+        "similarity.npy",
+        "primary_index.npy",
+        "clusters.npy",
+        "weights.safetensors",
+        "heatmap.png",
+        "result.json",
     }
     S = np.load(job_dir / "similarity.npy")
     assert S.dtype == np.float32 and S.shape == (60, 60)
@@ -104,8 +112,11 @@ def test_synthetic_builtin_gets_an_elasticity_analysis(tmp_path):
 
 
 def test_divergent_training_fails_with_a_reason_naming_the_epoch(tmp_path):
-    spec = dict(TINY, model={"arch": "linear", "depth": 2, "width": 256},
-                weights={"source": "trained", "epochs": 50, "lr": 5.0, "batch_size": 10})
+    spec = dict(
+        TINY,
+        model={"arch": "linear", "depth": 2, "width": 256},
+        weights={"source": "trained", "epochs": 50, "lr": 5.0, "batch_size": 10},
+    )
     with pytest.raises(JobFailure, match=r"epoch \d+.*lr"):
         run(tmp_path, spec)
 

@@ -232,9 +232,7 @@ def cluster(S: np.ndarray, *, method: str, k: int, seed: int, n_init: int = 10) 
     elif method == "spectral":
         from sklearn.cluster import SpectralClustering
 
-        model = SpectralClustering(
-            n_clusters=k, affinity="precomputed", random_state=seed, assign_labels="cluster_qr"
-        )
+        model = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed, assign_labels="cluster_qr")
         labels = model.fit_predict(to_affinity(S))
     elif method == "kernel_kmeans":
         labels, _ = kernel_kmeans(S, k=k, seed=seed, n_init=n_init)

@@ -113,9 +113,7 @@ def embed(name: str, coords: np.ndarray, *, label: int) -> np.ndarray:
     if name == "two_spheres":
         theta, phi = coords.T
         radius = SPHERE_RADII[label]
-        return radius * np.column_stack(
-            [np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)]
-        )
+        return radius * np.column_stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)])
     if name == "two_cycles":
         a = coords[:, 0]
         return CYCLE_RADII[label] * np.column_stack([np.cos(a), np.sin(a)])
@@ -128,9 +126,7 @@ def _wrapped(diff: np.ndarray) -> np.ndarray:
     return np.minimum(d, 2 * np.pi - d)
 
 
-def geodesic_distances(
-    name: str, coords_a: np.ndarray, coords_b: np.ndarray, *, label: int = 1
-) -> np.ndarray:
+def geodesic_distances(name: str, coords_a: np.ndarray, coords_b: np.ndarray, *, label: int = 1) -> np.ndarray:
     """Geodesic distance along one class's manifold between two sets of points.
 
     torus and two_cycles: wrapped parameter difference ``min(|Δ|, 2π − |Δ|)`` (a distance in the

@@ -129,7 +129,7 @@ def _closed_form_by_rows(model: LayeredNet, Xf: torch.Tensor) -> torch.Tensor:
         K[rows, cols] = T
         del T
     for rows in blocks:
-        K[rows.stop:, rows] = K[rows, rows.stop:].t()
+        K[rows.stop :, rows] = K[rows, rows.stop :].t()
     return K
 
 

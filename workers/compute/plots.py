@@ -70,9 +70,7 @@ def heatmap_png(S: np.ndarray, labels: np.ndarray, *, title: str = "Similarity m
     return _png_bytes(fig)
 
 
-def elasticity_png(
-    similarity_values: np.ndarray, distances: np.ndarray, *, title: str = "Local elasticity"
-) -> bytes:
+def elasticity_png(similarity_values: np.ndarray, distances: np.ndarray, *, title: str = "Local elasticity") -> bytes:
     """Scatter plot of similarity against geodesic distance, with the Pearson correlation in the title.
 
     Parameters

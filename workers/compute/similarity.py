@@ -252,9 +252,7 @@ def similarity(
     elif schedule == "trajectory":
         if step <= 0:
             raise ValueError("schedule 'trajectory' needs step > 0")
-        S = trajectory_similarity(
-            model, X, kind=kind, step=step, loss=loss, X_aux=X_aux, seed=seed, progress=progress
-        )
+        S = trajectory_similarity(model, X, kind=kind, step=step, loss=loss, X_aux=X_aux, seed=seed, progress=progress)
     elif step == 0:
         S = _limit(model, X, kind=kind, loss=loss)
     else:

@@ -39,9 +39,7 @@ def sigmoid_difference(z: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
     return torch.tanh(dz / 2) * (1 - torch.tanh(z / 2) * torch.tanh((z + dz) / 2)) / 2
 
 
-def rows_to_similarity(
-    Q: torch.Tensor, z_base: torch.Tensor, s: torch.Tensor, *, kind: str, loss: str
-) -> torch.Tensor:
+def rows_to_similarity(Q: torch.Tensor, z_base: torch.Tensor, s: torch.Tensor, *, kind: str, loss: str) -> torch.Tensor:
     """Similarity rows from Q [n, n] (Q_ij = Δz_ij / (−s_i), or K_z(i, j) where s_i = 0).
 
     z_base: logits before the step, [n] (same θ for every row) or [n, n] (row i's θ). s [n].
@@ -83,6 +81,7 @@ def per_example_grads(model: nn.Module, params: dict[str, torch.Tensor], X: torc
 
 def kernel_rows(model: nn.Module, params: dict, X: torch.Tensor, grads: dict) -> torch.Tensor:
     """K_z rows [c, n] = ⟨∇θ z(x_i), ∇θ z(x_j)⟩ as Jacobian-vector products along the c gradients."""
+
     def row(g):
         return jvp(lambda p: predict(model, p, X), (params,), (g,))[1]
 
@@ -110,11 +109,7 @@ def trajectory_similarity(
     params = float64_params(model)
     device = params[next(iter(params))].device
     Xp = X.to(device=device, dtype=torch.float64)
-    Xa = (
-        X_aux.to(device=device, dtype=torch.float64)
-        if X_aux is not None and X_aux.shape[0]
-        else Xp[:0]
-    )
+    Xa = X_aux.to(device=device, dtype=torch.float64) if X_aux is not None and X_aux.shape[0] else Xp[:0]
     n = Xp.shape[0]
     data = torch.cat([Xp, Xa])
     labels = torch.cat([torch.ones(n), torch.zeros(Xa.shape[0])]).to(device=device, dtype=torch.float64)
