@@ -34,7 +34,11 @@ class Settings(BaseSettings):
     )
     torch_threads: int = Field(0, ge=0, description="CPU threads per worker job (0: torch's default).")
     log_level: str = Field("INFO", description="Log level of every process.")
-    log_format: str = Field("json", pattern="^(json|text)$", description="Log lines as JSON objects or plain text.")
+    log_format: str = Field(
+        "auto",
+        pattern="^(auto|json|text)$",
+        description="Log lines as JSON objects (json), plain text (text), or auto: text on a terminal, else JSON.",
+    )
 
     # Limits: requests beyond them are refused with the limit named in the answer.
     max_examples: int = Field(50_000, ge=2, description="Most examples (rows) in a dataset or a job's primary set.")

@@ -107,14 +107,19 @@ class TextFormatter(logging.Formatter):
 def configure_logging(settings: Any = None, *, stream: IO[str] | None = None) -> logging.Handler:
     """Install the lelastic handler on the root logger (replacing one installed before); returns it.
 
-    `settings` needs `log_format` ("json" | "text") and `log_level`; None reads the process settings.
+    `settings` needs `log_format` ("auto" | "json" | "text") and `log_level`; None reads the process
+    settings. "auto" writes text to a terminal and JSON lines anywhere else (files, pipes, collectors).
     """
     if settings is None:
         from service.config import get_settings
 
         settings = get_settings()
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    stream = stream if stream is not None else sys.stderr
+    handler = logging.StreamHandler(stream)
+    log_format = settings.log_format
+    if log_format == "auto":
+        log_format = "text" if getattr(stream, "isatty", lambda: False)() else "json"
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
     setattr(handler, _HANDLER_MARK, True)
     root = logging.getLogger()

@@ -205,3 +205,20 @@ def test_an_api_process_never_logs_api_keys_or_bodies(settings, tmp_path: Path):
     assert listed_line["tenant"] == "alice" and listed_line["path"] == "/v1/jobs"
     assert listed_line["status"] == 200
     assert any(line["status"] == 401 and "tenant" not in line for line in access)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_auto_format_is_text_on_a_terminal_and_json_elsewhere():
+    settings = Settings(log_format="auto", log_level="INFO")
+    for stream, is_json in ((io.StringIO(), True), (_Terminal(), False)):
+        handler = logs.configure_logging(settings, stream=stream)
+        try:
+            logging.getLogger("lelastic.test.auto").info("hello")
+        finally:
+            logging.getLogger().removeHandler(handler)
+        line = stream.getvalue().strip().splitlines()[-1]
+        assert line.startswith("{") == is_json, line
