@@ -240,3 +240,29 @@ def test_postprocess_and_progress():
     model = build_model(ResMLPModel(arch="resmlp", width=8), [D], seed=0)
     similarity(model, data(), kind="relative", step=1e-3, loss="mse", progress=lambda f, m: calls.append(f))
     assert calls[-1] == 1.0
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        MLPModel(depth=3, width=24, activation="relu"),
+        MLPModel(depth=2, width=24, activation="tanh"),
+        MLPModel(depth=2, width=24, activation="sigmoid"),
+        MLPModel(depth=3, width=24, activation="gelu"),
+        LinearModel(arch="linear", depth=3, width=12),
+        ResMLPModel(arch="resmlp", width=24),
+    ],
+    ids=lambda s: s.model_dump_json(),
+)
+@pytest.mark.parametrize("eta", [1e-6, 1e-1])
+def test_difference_propagation_in_float32_equals_the_float64_torch_func_path(spec, eta):
+    from workers.compute.similarity import _generic_rows, _propagated_rows, _z64
+
+    model = build_model(spec, [10], seed=2)
+    X = torch.randn(15, 10, generator=torch.Generator().manual_seed(3))
+    z = _z64(model, X)
+    s = eta * 2 * (z - 1)
+    s[4] = 0.0  # a probe whose loss derivative vanishes: its row is the limit row
+    expected = _generic_rows(model, X, s, z, None)
+    got = _propagated_rows(model, X, s).double()
+    assert (got - expected).abs().max() / expected.abs().max() < 1e-5

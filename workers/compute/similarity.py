@@ -7,8 +7,9 @@ Definitions (θ_i = θ − η ∇θ L(f(x_i; θ), 1), Δf_ij = f(x_j; θ_i) − 
 - activation: cosine similarity of the first-layer ReLU on/off patterns.
 
 step == 0 uses the exact limit (the NTK). step > 0 with schedule "fixed" is the exact one-step
-definition from a fixed θ, via a GEMM-only formula for 2-layer ReLU/linear nets (`_two_layer_rows`)
-and float64 torch.func otherwise (`_generic_rows`); "trajectory" is Algorithm 1 (trajectory.py).
+definition from a fixed θ, via a GEMM-only formula for 2-layer ReLU/linear nets (`_two_layer_rows`),
+difference propagation for other stacks of linear layers (`propagation.py`) and float64 torch.func
+for the CNN (`_generic_rows`); "trajectory" is Algorithm 1 (trajectory.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workers.compute import propagation
 from workers.compute.models import LayeredNet, ResMLP
 from workers.compute.ntk import is_two_layer, ntk, two_layer_features
 from workers.compute.trajectory import (
@@ -183,6 +185,17 @@ def _limit(model: nn.Module, X: torch.Tensor, *, kind: str, loss: str) -> torch.
     return K
 
 
+def _propagated_rows(model: nn.Module, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Q [n, n] = Δz / (−s_i) by difference propagation (`propagation.py`); rows with s_i = 0 are K_z rows."""
+    dz = propagation.step_differences(model, X, s)
+    step = s.to(dz)
+    zero = step == 0
+    Q = dz.div_(-torch.where(zero, torch.ones_like(step), step)[:, None])
+    if bool(zero.any()):
+        Q[zero] = ntk(model, X)[zero].to(Q)
+    return Q
+
+
 def _generic_rows(
     model: nn.Module, X: torch.Tensor, s: torch.Tensor, z: torch.Tensor, progress: Progress | None
 ) -> torch.Tensor:
@@ -256,12 +269,17 @@ def similarity(
     elif step == 0:
         S = _limit(model, X, kind=kind, loss=loss)
     else:
-        fast = _fast_applicable(model)
-        # The fast path subtracts no two predictions, so the model's dtype is exact enough for z.
+        fast, propagated = _fast_applicable(model), propagation.applicable(model)
+        # These paths subtract no two predictions, so the model's dtype is exact enough for z.
         with torch.no_grad():
-            z = model(X).to(torch.float64) if fast else _z64(model, X)
+            z = model(X).to(torch.float64) if fast or propagated else _z64(model, X)
         s = step * dloss_dz(z, 1.0, loss)
-        Q = _two_layer_rows(model, X, s) if fast else _generic_rows(model, X, s, z, progress)
+        if fast:
+            Q = _two_layer_rows(model, X, s)
+        elif propagated:
+            Q = _propagated_rows(model, X, s)
+        else:
+            Q = _generic_rows(model, X, s, z, progress)
         S = rows_to_similarity(Q, z, s, kind=kind, loss=loss)
     if progress is not None:
         progress(1.0, "similarity done")

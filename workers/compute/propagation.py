@@ -1,0 +1,102 @@
+"""Exact one-step prediction changes of stacks of linear layers, by propagating differences.
+
+For a probe i the SGD step changes every Linear layer by a rank-one update: W_l − s_i G_il A_ilᵀ and
+b_l − s_i G_il, with A_il the layer's input and G_il = ∂z/∂(its output) at x_i. At an example x_j the
+layer's input moves from a_jl to a_jl + Δa_ijl, so its output moves by exactly
+
+    Δu_ijl = W_l Δa_ijl − s_i G_il (A_il · (a_jl + Δa_ijl) + 1),
+
+and an activation's output by σ(u + Δu) − σ(u), evaluated without cancellation (by cases for ReLU,
+tanh(Δ)(1 − tanh(u) tanh(u + Δ)) for tanh and the sigmoid, in float64 for GELU). Every quantity is a
+difference of size O(s), never the difference of two O(1) predictions, so float32 carries the whole
+computation: the perturbed networks cost one batched float32 GEMM per hidden-to-hidden layer.
+
+Shapes: probes are processed in blocks I of B rows; differences are [B, n, width].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from workers.compute.models import LayeredNet, ResMLP
+from workers.compute.ntk import layer_factors
+
+_BLOCK_BYTES = 2**30  # bound on the [B, n, width] temporaries of one block of probes
+
+
+def applicable(model: nn.Module) -> bool:
+    """Stacks of Linear layers and pointwise activations: linear, mlp and resmlp models."""
+    return isinstance(model, LayeredNet | ResMLP)
+
+
+def activation_difference(u: torch.Tensor, du: torch.Tensor, name: str | None) -> torch.Tensor:
+    """σ(u + du) − σ(u) without cancellation; u [n, w] broadcasts against du [B, n, w]."""
+    if name is None:
+        return du
+    new = u + du
+    if name == "relu":
+        return torch.where(u > 0, torch.where(new > 0, du, -u), new.clamp_min(0))
+    if name == "tanh":
+        return torch.tanh(du) * (1 - torch.tanh(u) * torch.tanh(new))
+    if name == "sigmoid":  # σ(x) = (1 + tanh(x / 2)) / 2
+        return 0.5 * torch.tanh(du / 2) * (1 - torch.tanh(u / 2) * torch.tanh(new / 2))
+    if name == "gelu":  # no cancellation-free identity: the difference in float64
+        u64 = u.double()
+        new64 = u64 + du.double()
+        gelu = lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))  # noqa: E731
+        return (gelu(new64) - gelu(u64)).to(du.dtype)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _linear_difference(
+    layer: nn.Linear, a: torch.Tensor, da: torch.Tensor | None, A: torch.Tensor, G: torch.Tensor, s: torch.Tensor
+) -> torch.Tensor:
+    """Δu [B, n, out] of `layer` for probes with inputs A [B, in], output gradients G [B, out] and
+    steps s [B], at examples with inputs a [n, in] that moved by da [B, n, in] (None: they did not)."""
+    inner = (A @ a.t()).add_(1)  # [B, n]: A_i · a_j + 1
+    if da is None:
+        return -(s[:, None, None] * G[:, None, :]) * inner[:, :, None]
+    inner += torch.einsum("bi,bni->bn", A, da)
+    return (da @ layer.weight.t()).sub_((s[:, None, None] * G[:, None, :]) * inner[:, :, None])
+
+
+@torch.no_grad()
+def step_differences(model: nn.Module, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Δz [n, n]: z(x_j; θ − s_i ∇θ z(x_i)) − z(x_j; θ), exactly, for a linear, mlp or resmlp model.
+
+    X [n, *shape]; s [n] the step of each probe (η · ∂L/∂z at x_i). Row i is probe i.
+    """
+    dtype = next(model.parameters()).dtype
+    X = X.reshape(X.shape[0], -1).to(dtype)
+    s = s.to(dtype)
+    factors = layer_factors(model, X)  # [(A_l [n, in], G_l [n, out])]: inputs and ∂z/∂outputs
+    n = X.shape[0]
+    width = max(A.shape[1] for A, _ in factors)
+    block = max(1, min(n, _BLOCK_BYTES // (6 * n * width * X.element_size())))
+    out = torch.empty((n, n), dtype=dtype, device=X.device)
+    for start in range(0, n, block):
+        rows = slice(start, min(n, start + block))
+        probe = [(A[rows], G[rows]) for A, G in factors]
+        out[rows] = _block_differences(model, factors, probe, s[rows])
+    return out
+
+
+def _block_differences(model: nn.Module, factors, probe, s: torch.Tensor) -> torch.Tensor:
+    """Δz [B, n] for one block of probes (`probe`: the factors' rows of those probes)."""
+    if isinstance(model, ResMLP):
+        (x, _), (h1, _), (h12, _) = factors
+        u1, u2 = model.fc1(x), model.fc2(h1)
+        dh1 = activation_difference(u1, _linear_difference(model.fc1, x, None, *probe[0], s), "relu")
+        dh2 = activation_difference(u2, _linear_difference(model.fc2, h1, dh1, *probe[1], s), "relu")
+        return _linear_difference(model.out, h12, dh1.add_(dh2), *probe[2], s)[..., 0]
+    da = None
+    last = len(model.layers) - 1
+    for k, (layer, (a, _)) in enumerate(zip(model.layers, factors, strict=True)):
+        du = _linear_difference(layer, a, da, *probe[k], s)
+        if k == last:
+            return du[..., 0]
+        da = activation_difference(layer(a), du, model.activation)
+    raise AssertionError("unreachable")
