@@ -169,7 +169,8 @@ def run_pipeline(
             raise JobFailure("the similarity matrix has non-finite entries (the model's θ may have diverged)")
         raw_matrices.append(raw)
         matrices.append(similarity.postprocess(raw, symmetrize=sim.symmetrize, normalize=sim.normalize))
-        first_model = first_model or model
+        if first_model is None:
+            first_model = model
     S = np.mean(matrices, axis=0).astype(np.float32) if sim.repeats > 1 else matrices[0].astype(np.float32)
     S_raw = np.mean(raw_matrices, axis=0) if sim.repeats > 1 else raw_matrices[0]
 
