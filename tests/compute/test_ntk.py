@@ -116,3 +116,13 @@ def test_both_closed_form_strategies_match_layerwise_over_several_row_blocks(act
     expected = ntk(model, X, implementation="layerwise")
     torch.testing.assert_close(_closed_form_by_rows(model, _flat(model, X)), expected, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(_closed_form_by_hidden_units(model, _flat(model, X)), expected, rtol=1e-12, atol=1e-10)
+
+
+def test_the_closed_form_reports_progress_that_ends_at_one(monkeypatch):
+    from workers.compute import progress as progress_module
+
+    monkeypatch.setattr(progress_module.time, "monotonic", iter(range(0, 10_000, 5)).__next__)  # 5 s per call
+    reports = []
+    model, X = model64(MLPModel(width=16)), data(n=300)
+    ntk(model, X, progress=lambda fraction, message: reports.append(fraction))
+    assert len(reports) >= 3 and reports == sorted(reports) and reports[-1] == 1.0

@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from workers.compute.models import LayeredNet, ResMLP
+from workers.compute.progress import Progress, Throttle
 
 IMPLEMENTATIONS = ("auto", "closed_form", "layerwise", "jacobian")
 DEFAULT_MAX_BYTES = 2 * 2**30
@@ -87,7 +88,7 @@ def two_layer_features(model: LayeredNet, X: torch.Tensor) -> dict[str, torch.Te
 
 
 @torch.no_grad()
-def ntk_closed_form(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+def ntk_closed_form(model: nn.Module, X: torch.Tensor, *, progress: Progress | None = None) -> torch.Tensor:
     """K [n, n] for a LayeredNet of depth 1 (X Xᵀ + 1) or 2 (H Hᵀ + (D A² Dᵀ) ⊙ (X Xᵀ + 1) + 1)."""
     if not is_two_layer(model):
         raise ValueError("closed_form needs an mlp or linear model of depth 1 or 2")
@@ -98,8 +99,8 @@ def ntk_closed_form(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
     Xf = _flat(model, X)
     n, m, size = Xf.shape[0], first.weight.shape[0], Xf.element_size()
     if 2 * n * m * size <= max(n * n * size, _BLOCK_BYTES):
-        return _closed_form_by_rows(model, Xf)
-    return _closed_form_by_hidden_units(model, Xf)
+        return _closed_form_by_rows(model, Xf, Throttle(progress, every=2.0))
+    return _closed_form_by_hidden_units(model, Xf, Throttle(progress, every=2.0))
 
 
 def symmetric_row_blocks(n: int, element_size: int = 4) -> list[slice]:
@@ -109,7 +110,7 @@ def symmetric_row_blocks(n: int, element_size: int = 4) -> list[slice]:
     return [slice(start, min(n, start + block)) for start in range(0, n, block)]
 
 
-def _closed_form_by_rows(model: LayeredNet, Xf: torch.Tensor) -> torch.Tensor:
+def _closed_form_by_rows(model: LayeredNet, Xf: torch.Tensor, report: Throttle | None = None) -> torch.Tensor:
     """K [n, n] with H and D a [n, m] whole in memory, one block of rows at a time.
 
     K is symmetric: each row block is multiplied only from its own first row on (the upper block
@@ -128,12 +129,14 @@ def _closed_form_by_rows(model: LayeredNet, Xf: torch.Tensor) -> torch.Tensor:
         T.addcmul_(torch.mm(Da[rows], Da[cols].t()), torch.addmm(one, Xf[rows], Xf[cols].t())).add_(1)
         K[rows, cols] = T
         del T
+        if report is not None:
+            report(rows.stop / n, f"kernel rows {rows.stop}/{n}")
     for rows in blocks:
         K[rows.stop :, rows] = K[rows, rows.stop :].t()
     return K
 
 
-def _closed_form_by_hidden_units(model: LayeredNet, Xf: torch.Tensor) -> torch.Tensor:
+def _closed_form_by_hidden_units(model: LayeredNet, Xf: torch.Tensor, report: Throttle | None = None) -> torch.Tensor:
     """K [n, n] accumulated over chunks of hidden units (for m ≫ n). Peak memory: 2 n² + O(n · chunk)."""
     first, second = model.layers
     n, m = Xf.shape[0], first.weight.shape[0]
@@ -151,6 +154,8 @@ def _closed_form_by_hidden_units(model: LayeredNet, Xf: torch.Tensor) -> torch.T
         K.addmm_(H, H.t(), beta=beta)
         B.addmm_(Da, Da.t(), beta=beta)
         del H, Da
+        if report is not None:
+            report(cols.stop / m, f"kernel: hidden units {cols.stop}/{m}")
     for b in _row_blocks(n, n * Xf.element_size(), _BLOCK_BYTES // 8):
         K[b].addcmul_(B[b], torch.addmm(one, Xf[b], Xf.t())).add_(1)  # ⊙ (X Xᵀ + 1)
     return K
@@ -223,7 +228,9 @@ def _jacobian_fn(model: nn.Module):
     return params, jac
 
 
-def ntk_jacobian(model: nn.Module, X: torch.Tensor, *, max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:
+def ntk_jacobian(
+    model: nn.Module, X: torch.Tensor, *, max_bytes: int = DEFAULT_MAX_BYTES, progress: Progress | None = None
+) -> torch.Tensor:
     """K [n, n] = J Jᵀ from per-example Jacobians J [n, P], tiled so Jacobians stay under max_bytes.
 
     Row blocks are sized so that two blocks (plus the per-example backward, counted ×3) fit the
@@ -250,6 +257,7 @@ def ntk_jacobian(model: nn.Module, X: torch.Tensor, *, max_bytes: int = DEFAULT_
         return J
 
     K = torch.empty((n, n), dtype=dtype, device=device)
+    report = Throttle(progress, every=2.0)
     with torch.no_grad():
         for bi in range(len(starts)):
             Ji = get(bi)
@@ -260,6 +268,7 @@ def ntk_jacobian(model: nn.Module, X: torch.Tensor, *, max_bytes: int = DEFAULT_
                 K[rows, cols] = Ji @ Jj.t()
                 if bj != bi:
                     K[cols, rows] = K[rows, cols].t()
+            report(rows.stop / n, f"kernel rows {rows.stop}/{n}")
     return K
 
 
@@ -277,15 +286,23 @@ def resolve_implementation(model: nn.Module, implementation: str = "auto") -> st
 
 
 def ntk(
-    model: nn.Module, X: torch.Tensor, *, implementation: str = "auto", max_bytes: int = DEFAULT_MAX_BYTES
+    model: nn.Module,
+    X: torch.Tensor,
+    *,
+    implementation: str = "auto",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
-    """Empirical NTK K [n, n] of z at X [n, *input_shape], in the parameters' dtype and device."""
+    """Empirical NTK K [n, n] of z at X [n, *input_shape], in the parameters' dtype and device.
+
+    progress(fraction, message) is called at most every 2 s by the long-running implementations.
+    """
     which = resolve_implementation(model, implementation)
     if which == "closed_form":
-        return ntk_closed_form(model, X)
+        return ntk_closed_form(model, X, progress=progress)
     if which == "layerwise":
         return ntk_layerwise(model, X)
-    return ntk_jacobian(model, X, max_bytes=max_bytes)
+    return ntk_jacobian(model, X, max_bytes=max_bytes, progress=progress)
 
 
 def ntk_diagonal(model: nn.Module, X: torch.Tensor, *, max_bytes: int = DEFAULT_MAX_BYTES) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch import nn
 
 from workers.compute.models import LayeredNet, ResMLP
 from workers.compute.ntk import layer_factors
+from workers.compute.progress import Progress, Throttle
 
 _BLOCK_BYTES = 2**30  # bound on the [B, n, width] temporaries of one block of probes
 
@@ -64,7 +65,9 @@ def _linear_difference(
 
 
 @torch.no_grad()
-def step_differences(model: nn.Module, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def step_differences(
+    model: nn.Module, X: torch.Tensor, s: torch.Tensor, *, progress: Progress | None = None
+) -> torch.Tensor:
     """Δz [n, n]: z(x_j; θ − s_i ∇θ z(x_i)) − z(x_j; θ), exactly, for a linear, mlp or resmlp model.
 
     X [n, *shape]; s [n] the step of each probe (η · ∂L/∂z at x_i). Row i is probe i.
@@ -77,10 +80,12 @@ def step_differences(model: nn.Module, X: torch.Tensor, s: torch.Tensor) -> torc
     width = max(A.shape[1] for A, _ in factors)
     block = max(1, min(n, _BLOCK_BYTES // (6 * n * width * X.element_size())))
     out = torch.empty((n, n), dtype=dtype, device=X.device)
+    report = Throttle(progress, every=2.0)
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
         probe = [(A[rows], G[rows]) for A, G in factors]
         out[rows] = _block_differences(model, factors, probe, s[rows])
+        report(rows.stop / n, f"exact steps {rows.stop}/{n}")
     return out
 
 

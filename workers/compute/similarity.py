@@ -14,9 +14,6 @@ for the CNN (`_generic_rows`); "trajectory" is Algorithm 1 (trajectory.py).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from torch import nn
@@ -24,6 +21,7 @@ from torch import nn
 from workers.compute import propagation
 from workers.compute.models import LayeredNet, ResMLP
 from workers.compute.ntk import is_two_layer, ntk, two_layer_features
+from workers.compute.progress import Progress, Throttle
 from workers.compute.trajectory import (
     dfdz,
     dloss_dz,
@@ -35,7 +33,6 @@ from workers.compute.trajectory import (
     trajectory_similarity,
 )
 
-Progress = Callable[[float, str], None]
 KINDS = ("kernelized", "relative", "activation")
 _BLOCK_BYTES = 128 * 2**20  # [block, n] / [block, m] temporaries of the two-layer path
 _SEGMENT = 2**20  # ReLU-crossing candidates evaluated at once
@@ -170,12 +167,14 @@ def _add_crossings(Q, E, b: slice, *, s, U, H, D, a, candidates) -> None:
 
 
 @torch.no_grad()
-def _limit(model: nn.Module, X: torch.Tensor, *, kind: str, loss: str) -> torch.Tensor:
+def _limit(
+    model: nn.Module, X: torch.Tensor, *, kind: str, loss: str, progress: Progress | None = None
+) -> torch.Tensor:
     """The η → 0 limit [n, n] from K_z, in place.
 
     K_f = w_i w_j K_z (w = ∂f/∂z); relative: |K_f| / K_f(i, i).
     """
-    K = ntk(model, X)
+    K = ntk(model, X, progress=progress)
     if loss == "bce":
         w = dfdz(model(X.to(K.dtype)), loss)
         K.mul_(w[:, None]).mul_(w[None, :])
@@ -185,9 +184,11 @@ def _limit(model: nn.Module, X: torch.Tensor, *, kind: str, loss: str) -> torch.
     return K
 
 
-def _propagated_rows(model: nn.Module, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def _propagated_rows(
+    model: nn.Module, X: torch.Tensor, s: torch.Tensor, progress: Progress | None = None
+) -> torch.Tensor:
     """Q [n, n] = Δz / (−s_i) by difference propagation (`propagation.py`); rows with s_i = 0 are K_z rows."""
-    dz = propagation.step_differences(model, X, s)
+    dz = propagation.step_differences(model, X, s, progress=progress)
     step = s.to(dz)
     zero = step == 0
     Q = dz.div_(-torch.where(zero, torch.ones_like(step), step)[:, None])
@@ -219,7 +220,7 @@ def _generic_rows(
     chunk = max(1, min(n, _GENERIC_BYTES // per_probe))
     forward_all = torch.func.vmap(lambda p: predict(model, p, X64))
     Q = torch.empty((n, n), dtype=torch.float64, device=z.device)
-    last = time.monotonic()
+    report = Throttle(progress, every=2.0)
     for c0 in range(0, n, chunk):
         rows = slice(c0, min(n, c0 + chunk))
         g = per_example_grads(model, params, X64[rows])
@@ -231,9 +232,7 @@ def _generic_rows(
             zero = torch.nonzero(si == 0).reshape(-1)
             if zero.numel():
                 Q[c0 + zero] = kernel_rows(model, params, X64, {k: v[zero] for k, v in g.items()})
-        if progress is not None and time.monotonic() - last >= 2.0:
-            last = time.monotonic()
-            progress(rows.stop / n, f"exact steps {rows.stop}/{n}")
+        report(rows.stop / n, f"exact steps {rows.stop}/{n}")
     return Q
 
 
@@ -267,7 +266,7 @@ def similarity(
             raise ValueError("schedule 'trajectory' needs step > 0")
         S = trajectory_similarity(model, X, kind=kind, step=step, loss=loss, X_aux=X_aux, seed=seed, progress=progress)
     elif step == 0:
-        S = _limit(model, X, kind=kind, loss=loss)
+        S = _limit(model, X, kind=kind, loss=loss, progress=progress)
     else:
         fast, propagated = _fast_applicable(model), propagation.applicable(model)
         # These paths subtract no two predictions, so the model's dtype is exact enough for z.
@@ -277,7 +276,7 @@ def similarity(
         if fast:
             Q = _two_layer_rows(model, X, s)
         elif propagated:
-            Q = _propagated_rows(model, X, s)
+            Q = _propagated_rows(model, X, s, progress)
         else:
             Q = _generic_rows(model, X, s, z, progress)
         S = rows_to_similarity(Q, z, s, kind=kind, loss=loss)

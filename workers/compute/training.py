@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-Progress = Callable[[float, str], None]
+from workers.compute.progress import Progress, Throttle
 
 
 class TrainingDiverged(ValueError):
@@ -52,7 +50,7 @@ def train(
     y = y.to(device=X.device, dtype=X.dtype)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    last_report = time.monotonic()
+    report = Throttle(progress)
     model.train()
     for epoch in range(1, epochs + 1):
         order = torch.randperm(n, generator=generator).to(X.device)
@@ -70,9 +68,7 @@ def train(
                 f"training loss became {word} at epoch {epoch} of {epochs} with lr {lr:g}; "
                 f"try a lower lr such as {lr / 10:g}"
             )
-        if progress is not None and time.monotonic() - last_report >= 1.0:
-            last_report = time.monotonic()
-            progress(epoch / epochs, f"epoch {epoch}/{epochs}, batch loss {current:.4g}")
+        report(epoch / epochs, f"epoch {epoch}/{epochs}, batch loss {current:.4g}")
     model.eval()
     with torch.no_grad():
         z = torch.cat([model(X[s : s + 4096]) for s in range(0, n, 4096)])

@@ -7,14 +7,11 @@ first produced as Q_ij = Δz_ij / (−s_i) (so Q → K_z as η → 0) and then t
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
-Progress = Callable[[float, str], None]
+from workers.compute.progress import Progress, Throttle
 
 
 def dloss_dz(z: torch.Tensor, y: torch.Tensor | float, loss: str) -> torch.Tensor:
@@ -119,7 +116,7 @@ def trajectory_similarity(
     s_rows = torch.zeros(n, dtype=torch.float64, device=device)
     with torch.no_grad():
         z = predict(model, params, Xp)
-    last = time.monotonic()
+    report = Throttle(progress, every=2.0)
     for t, k in enumerate(order):
         x = data[k : k + 1]
         g = per_example_grads(model, params, x)
@@ -136,7 +133,5 @@ def trajectory_similarity(
                 else:
                     Q[k] = kernel_rows(model, params, Xp, g)[0]
             params, z = new_params, z_new
-        if progress is not None and time.monotonic() - last >= 2.0:
-            last = time.monotonic()
-            progress((t + 1) / len(order), f"trajectory step {t + 1}/{len(order)}")
+        report((t + 1) / len(order), f"trajectory step {t + 1}/{len(order)}")
     return rows_to_similarity(Q, z_rows, s_rows, kind=kind, loss=loss)
