@@ -1,6 +1,6 @@
 """The `lelastic` command line.
 
-    lelastic up      [--host H] [--port P] [--workers N] [--data-dir DIR]   Valkey + API + workers
+    lelastic up      [--host H] [--port P] [--workers N] [--data-dir DIR] [--gpus 0,1]   Valkey + API + workers
     lelastic api     [--host H] [--port P]                                  the HTTP API (uvicorn)
     lelastic worker  [--queues Q ...] [--burst]                             one RQ worker
     lelastic submit  SPEC.json [--dataset FILE] [--wait] [--out DIR] [--url URL]
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="datasets, artifacts and Valkey's AOF (default $LELASTIC_DATA_DIR or ./.lelastic)",
+    )
+    up.add_argument(
+        "--gpus",
+        type=lambda text: [g.strip() for g in text.split(",") if g.strip()],
+        default=None,
+        help="GPU ids to spread the workers over, e.g. 0,1 (worker k gets CUDA_VISIBLE_DEVICES=ids[k %% n])",
     )
 
     api = commands.add_parser("api", help="run the HTTP API (needs LELASTIC_REDIS_URL)")
@@ -126,6 +132,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         workers=args.workers,
         data_dir=args.data_dir or settings.data_dir,
         redis_url=settings.redis_url,
+        gpus=args.gpus,
     )
     return serve(config)
 

@@ -239,6 +239,14 @@ class Child:
 # ---------------------------------------------------------------------------------------------- stack
 
 
+def worker_env(env: dict[str, str], index: int, gpus: list[str] | None) -> dict[str, str]:
+    """The environment of worker `index`: with `gpus`, CUDA_VISIBLE_DEVICES names one of them
+    (round robin), so each worker process owns one GPU and reports it as cuda:0."""
+    if not gpus:
+        return env
+    return {**env, "CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]}
+
+
 @dataclass
 class StackConfig:
     host: str = "127.0.0.1"
@@ -246,6 +254,8 @@ class StackConfig:
     workers: int = 1
     data_dir: Path = Path(".lelastic")
     redis_url: str | None = None
+    #: GPU ids to spread the workers over (worker k sees only gpus[k % len]); None: leave as is.
+    gpus: list[str] | None = None
     #: Where the children's stdout/stderr go (None: the supervisor's own).
     output: IO[bytes] | None = None
 
@@ -286,7 +296,10 @@ class Stack:
             self.children = [
                 Child("api", [*cli, "api", "--host", self.config.host, "--port", str(self.config.port)], env)
             ]
-            self.children += [Child(f"worker-{i + 1}", [*cli, "worker"], env) for i in range(self.config.workers)]
+            self.children += [
+                Child(f"worker-{i + 1}", [*cli, "worker"], worker_env(env, i, self.config.gpus))
+                for i in range(self.config.workers)
+            ]
             for child in self.children:
                 child.start(self.config.output)
             self._wait_for_api(ready_timeout)

@@ -32,7 +32,7 @@ def options(parser: argparse.ArgumentParser) -> set[str]:
 def test_parser_has_every_command_with_its_documented_flags():
     commands = subcommands(cli.build_parser())
     assert set(commands) == {"up", "api", "worker", "submit", "demo", "keys", "gc"}
-    assert options(commands["up"]) == {"--host", "--port", "--workers", "--data-dir"}
+    assert options(commands["up"]) == {"--host", "--port", "--workers", "--data-dir", "--gpus"}
     assert options(commands["api"]) == {"--host", "--port"}
     assert options(commands["worker"]) == {"--queues", "--burst"}
     assert options(commands["submit"]) == {"--dataset", "--wait", "--out", "--url", "--api-key"}
@@ -47,6 +47,15 @@ def test_up_defaults_and_values():
         ["up", "--host", "0.0.0.0", "--port", "9001", "--workers", "3", "--data-dir", "d"]
     )
     assert (args.host, args.port, args.workers, args.data_dir) == ("0.0.0.0", 9001, 3, Path("d"))
+
+
+def test_up_spreads_workers_over_the_given_gpus():
+    args = cli.build_parser().parse_args(["up", "--workers", "3", "--gpus", "0, 2"])
+    assert args.gpus == ["0", "2"]
+    env = {"PATH": "/bin"}
+    assert [supervisor.worker_env(env, k, args.gpus)["CUDA_VISIBLE_DEVICES"] for k in range(3)] == ["0", "2", "0"]
+    assert supervisor.worker_env(env, 0, None) == env
+    assert cli.build_parser().parse_args(["up"]).gpus is None
 
 
 def test_up_refuses_a_negative_worker_count(capsys):
