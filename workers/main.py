@@ -246,4 +246,4 @@ def run_worker(*, settings: Settings | None = None, queues: list[str] | None = N
         wait_for_redis(conn, timeout=float("inf"))
 
 
-__all__ = ["LelasticWorker", "make_worker", "run_worker", "preload", "wait_for_redis", "records"]
+__all__ = ["LelasticWorker", "make_worker", "run_worker", "preload", "wait_for_redis"]
