@@ -266,3 +266,17 @@ def test_difference_propagation_in_float32_equals_the_float64_torch_func_path(sp
     expected = _generic_rows(model, X, s, z, None)
     got = _propagated_rows(model, X, s).double()
     assert (got - expected).abs().max() / expected.abs().max() < 1e-5
+
+
+def test_the_exact_step_reports_progress_in_order(monkeypatch):
+    from workers.compute import progress as progress_module
+
+    monkeypatch.setattr(progress_module.time, "monotonic", iter(range(0, 10**6, 5)).__next__)  # 5 s per call
+    monkeypatch.setattr(sim, "_SEGMENT", 64)  # many crossing segments
+    model = build_model(MLPModel(width=64), [10], seed=0)
+    X = torch.randn(40, 10, generator=torch.Generator().manual_seed(0))
+    reports = []
+    similarity(model, X, kind="kernelized", step=0.5, loss="mse", progress=lambda f, m: reports.append((f, m)))
+    fractions = [f for f, _ in reports]
+    assert any("crossings" in m for _, m in reports), reports
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -78,7 +78,9 @@ def _z64(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _two_layer_rows(model: LayeredNet, X: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def _two_layer_rows(
+    model: LayeredNet, X: torch.Tensor, s: torch.Tensor, progress: Progress | None = None
+) -> torch.Tensor:
     """Q [n, n] = Δz / (−s_i), exactly, for a depth-1/2 LayeredNet with relu or no activation.
 
     With e_ij = x_i·x_j + 1, D = σ'(U), a = W2[0], h_i = σ(u_i):
@@ -101,6 +103,7 @@ def _two_layer_rows(model: LayeredNet, X: torch.Tensor, s: torch.Tensor) -> torc
         candidates = _crossing_candidates(Xf, U, a, s)
     Q = torch.empty((n, n), dtype=U.dtype, device=U.device)
     one = torch.ones((), dtype=U.dtype, device=U.device)
+    report = Throttle(progress, every=2.0)
     block = max(1, min(n, _BLOCK_BYTES // (4 * max(n, m) * U.element_size())))
     for b0 in range(0, n, block):
         b = slice(b0, min(n, b0 + block))
@@ -110,8 +113,9 @@ def _two_layer_rows(model: LayeredNet, X: torch.Tensor, s: torch.Tensor) -> torc
         torch.addmm(T, H[b], H.t(), out=Q[b]).add_(1)
         del T, L
         if relu:
-            _add_crossings(Q, E, b, s=s, U=U, H=H, D=D, a=a, candidates=candidates)
+            _add_crossings(Q, E, b, s=s, U=U, H=H, D=D, a=a, candidates=candidates, report=report)
         del E
+        report(b.stop / n, f"exact steps: rows {b.stop}/{n}")
     return Q
 
 
@@ -133,7 +137,7 @@ def _crossing_candidates(Xf, U, a, s) -> dict[str, torch.Tensor]:
     return {"key": key, "r": r[order], "group_start": group_start, "scale": torch.tensor(scale, dtype=torch.float64)}
 
 
-def _add_crossings(Q, E, b: slice, *, s, U, H, D, a, candidates) -> None:
+def _add_crossings(Q, E, b: slice, *, s, U, H, D, a, candidates, report: Throttle) -> None:
     """Add C_ij = Σ_r (a_r − s_i h_ir) X_ijr / (−s_i) to the rows `b` of Q, over the ReLUs that the
     step at x_i flips at x_j: u_jr and u_jr + δ_ijr of different signs, δ_ijr = −s_i e_ij a_r σ'_ir.
 
@@ -164,6 +168,8 @@ def _add_crossings(Q, E, b: slice, *, s, U, H, D, a, candidates) -> None:
         down, up = (u > 0) & (new <= 0), (u <= 0) & (new > 0)
         value = torch.where(down, new, torch.where(up, -new, torch.zeros_like(new))) / si
         Q.view(-1).index_add_(0, i * n + j, (ar - si * H[i, r]) * value)
+        done = b.start + (b.stop - b.start) * min(total, t0 + _SEGMENT) / total
+        report(done / n, f"exact steps: rows {int(done)}/{n}, ReLU crossings")
 
 
 @torch.no_grad()
@@ -274,7 +280,7 @@ def similarity(
             z = model(X).to(torch.float64) if fast or propagated else _z64(model, X)
         s = step * dloss_dz(z, 1.0, loss)
         if fast:
-            Q = _two_layer_rows(model, X, s)
+            Q = _two_layer_rows(model, X, s, progress)
         elif propagated:
             Q = _propagated_rows(model, X, s, progress)
         else:
