@@ -40,14 +40,18 @@ def get_tenant(
 
     Without a keys file the service is open and everyone is the `default` tenant.
     """
-    keys_file = request.app.state.settings.api_keys_file
-    if keys_file is None:
-        return records.DEFAULT_TENANT
     key = bearer.credentials if bearer is not None else api_key
-    tenant = auth.tenant_for(key, _load_keys(keys_file)) if key else None
+    tenant = tenant_for_key(request.app.state.settings.api_keys_file, key)
     if tenant is None:
         raise Unauthorized("missing API key" if not key else "unknown API key")
     return tenant
+
+
+def tenant_for_key(keys_file: Path | None, key: str | None) -> str | None:
+    """The tenant of an API key (None: missing or unknown). Without a keys file: the default tenant."""
+    if keys_file is None:
+        return records.DEFAULT_TENANT
+    return auth.tenant_for(key, _load_keys(keys_file)) if key else None
 
 
 def _load_keys(path: Path) -> list[tuple[str, str]]:
