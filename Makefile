@@ -44,10 +44,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check service workers tests benchmarks
 
-# The property-based test of tests/service/test_fuzz.py with many more examples (no 5xx allowed).
+# The property-based test of tests/api/test_fuzz.py with many more examples (no 5xx allowed).
 FUZZ_EXAMPLES ?= 500
 fuzz: $(STAMP)
-	LELASTIC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/service/test_fuzz.py -q -o timeout=3600
+	LELASTIC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/api/test_fuzz.py -q -o timeout=3600
 
 clean:
 	rm -rf .pytest_cache .ruff_cache lelastic-demo

@@ -14,8 +14,8 @@ import argparse
 import tempfile
 import time
 
-from service.spec import JobSpec
-from service.storage import DataDir
+from service.contract.spec import JobSpec
+from service.contract.storage import DataDir
 from workers.pipeline import run_pipeline
 
 #: (net, loss, similarity, cosine-normalised): the authors' grid, plus BCE kernels normalised.

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from service.spec import JobSpec
-from service.storage import DataDir
+from service.contract.spec import JobSpec
+from service.contract.storage import DataDir
 from workers.pipeline import run_pipeline
 
 FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"

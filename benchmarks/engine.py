@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.spec import CNNModel, MLPModel, ResMLPModel  # noqa: E402
+from service.contract.spec import CNNModel, MLPModel, ResMLPModel  # noqa: E402
 from workers.compute.models import build_model  # noqa: E402
 from workers.compute.ntk import ntk  # noqa: E402
 from workers.compute.similarity import similarity  # noqa: E402

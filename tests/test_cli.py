@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from service import cli, supervisor
-from service.client import ProgressBar, parse_sse
-from service.supervisor import Child, EmbeddedValkey, Stack, StackConfig, StackError
+from service.cli import main as cli
+from service.cli import supervisor
+from service.cli.client import ProgressBar, parse_sse
+from service.cli.supervisor import Child, EmbeddedValkey, Stack, StackConfig, StackError
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -78,7 +79,7 @@ def test_submit_and_worker_arguments():
 
 
 def test_demo_spec_is_a_valid_job_spec():
-    from service.spec import JobSpec
+    from service.contract.spec import JobSpec
 
     spec = JobSpec.model_validate(cli.DEMO_SPEC)
     assert spec.model.width == cli.DEMO_WIDTH and spec.weights.epochs == cli.DEMO_EPOCHS
@@ -87,7 +88,7 @@ def test_demo_spec_is_a_valid_job_spec():
 
 
 def test_api_command_needs_a_redis_url(monkeypatch):
-    from service.config import get_settings
+    from service.contract.settings import get_settings
 
     monkeypatch.delenv("LELASTIC_REDIS_URL", raising=False)
     get_settings.cache_clear()
@@ -99,7 +100,7 @@ def test_api_command_needs_a_redis_url(monkeypatch):
 
 
 def test_api_refuses_a_public_address_without_keys(monkeypatch):
-    from service.config import get_settings
+    from service.contract.settings import get_settings
 
     monkeypatch.setenv("LELASTIC_REDIS_URL", "redis://127.0.0.1:1")
     monkeypatch.delenv("LELASTIC_API_KEYS_FILE", raising=False)
@@ -114,7 +115,7 @@ def test_api_refuses_a_public_address_without_keys(monkeypatch):
 
 
 def test_keys_create_appends_a_hashed_key(tmp_path, capsys):
-    from service import auth
+    from service.api import auth
 
     path = tmp_path / "keys"
     assert cli.main(["keys", "create", "alice", "--file", str(path)]) == 0

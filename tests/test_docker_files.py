@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.cli import build_parser
-from service.config import Settings
+from service.cli.main import build_parser
+from service.contract.settings import Settings
 from tests.test_cli import subcommands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_api_command_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, service.cli, service.app; sys.exit('torch' in sys.modules or 'sklearn' in sys.modules)"
+    code = "import sys, service.cli.main, service.api.app; sys.exit('torch' in sys.modules or 'sklearn' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 

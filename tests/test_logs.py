@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service import auth, logs, queue, records
-from service.config import Settings
+from service.api import auth
+from service.contract import logs, queue, records
+from service.contract.settings import Settings
 from tests.conftest import REPO_ROOT
 from tests.helpers import tiny_spec
 

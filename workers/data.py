@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.spec import BuiltinDataset, JobSpec, Selection
-from service.storage import DataDir
+from service.contract.spec import BuiltinDataset, JobSpec, Selection
+from service.contract.storage import DataDir
 from workers.errors import JobFailure
 
 

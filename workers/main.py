@@ -21,11 +21,11 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from service import queue as rq_glue
-from service import records
-from service.config import Settings, get_settings
-from service.logs import configure_logging
-from service.storage import DataDir
+from service.contract import queue as rq_glue
+from service.contract import records
+from service.contract.logs import configure_logging
+from service.contract.settings import Settings, get_settings
+from service.contract.storage import DataDir
 
 log = logging.getLogger("lelastic.worker")
 
@@ -246,4 +246,19 @@ def run_worker(*, settings: Settings | None = None, queues: list[str] | None = N
         wait_for_redis(conn, timeout=float("inf"))
 
 
-__all__ = ["LelasticWorker", "make_worker", "run_worker", "preload", "wait_for_redis"]
+def main(argv: list[str] | None = None) -> int:
+    """`python -m workers.main [--queues Q ...] [--burst]`: what `lelastic worker` runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="lelastic worker", description="run one RQ worker")
+    parser.add_argument("--queues", nargs="+", default=None, help="queues to listen on (default $LELASTIC_QUEUE)")
+    parser.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    args = parser.parse_args(argv)
+    run_worker(queues=args.queues, burst=args.burst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["LelasticWorker", "main", "make_worker", "run_worker", "preload", "wait_for_redis"]

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.spec import JobSpec, TrainedWeights, UploadedWeights
-from service.storage import DataDir, atomic_open, atomic_write_bytes
+from service.contract.spec import JobSpec, TrainedWeights, UploadedWeights
+from service.contract.storage import DataDir, atomic_open, atomic_write_bytes
 from workers.compute import baselines, clustering, metrics, models, similarity, training
 from workers.data import JobData, resolve
 from workers.errors import JobFailure

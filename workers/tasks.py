@@ -3,7 +3,7 @@
 It moves the job record queued → running → succeeded | failed, forwards progress to the record, the
 job's event stream and RQ's job meta, and turns every failure into a readable reason. It never lets an
 exception escape for a failure it can explain, so RQ's own bookkeeping stays "finished" while our
-record carries the real outcome; reconciliation in `service.queue` covers the failures it cannot see
+record carries the real outcome; reconciliation in `service.contract.queue` covers the failures it cannot see
 (a killed work-horse, a lost worker).
 """
 
@@ -19,10 +19,10 @@ import torch
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from service import logs, records
-from service.config import get_settings
-from service.spec import JobSpec
-from service.storage import DataDir
+from service.contract import logs, records
+from service.contract.settings import get_settings
+from service.contract.spec import JobSpec
+from service.contract.storage import DataDir
 from workers.errors import JobCanceled, JobFailure
 from workers.pipeline import run_pipeline
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from service.spec import CNNModel, LinearModel, MLPModel, ResMLPModel, parameter_shapes
+from service.contract.spec import CNNModel, LinearModel, MLPModel, ResMLPModel, parameter_shapes
 from workers.compute.models import build_model, load_weights
 
 SPECS = [

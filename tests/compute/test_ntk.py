@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from service.spec import CNNModel, LinearModel, MLPModel, ResMLPModel
+from service.contract.spec import CNNModel, LinearModel, MLPModel, ResMLPModel
 from workers.compute.models import build_model
 from workers.compute.ntk import ntk, ntk_diagonal, resolve_implementation
 

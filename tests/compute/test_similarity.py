@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.spec import CNNModel, LinearModel, MLPModel, ResMLPModel
+from service.contract.spec import CNNModel, LinearModel, MLPModel, ResMLPModel
 from workers.compute import similarity as sim
 from workers.compute.models import build_model
 from workers.compute.ntk import ntk, two_layer_features

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from service.spec import LinearModel, MLPModel
+from service.contract.spec import LinearModel, MLPModel
 from workers.compute.models import build_model
 from workers.compute.training import TrainingDiverged, batch_loss, train
 

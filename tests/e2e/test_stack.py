@@ -18,18 +18,12 @@ import httpx
 import numpy as np
 import pytest
 
-from service.client import Client
-from service.supervisor import _alive, descendants
+from service.cli.client import Client
+from service.cli.supervisor import _alive, descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not (ROOT / "workers" / "tasks.py").exists() or not (ROOT / "service" / "app.py").exists(),
-        reason="workers/tasks.py or service/app.py is not written yet: no job can run end to end",
-    ),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def free_port() -> int:
@@ -39,7 +33,7 @@ def free_port() -> int:
 
 
 class RunningStack:
-    """`python -m service.cli up` in a subprocess; its output goes to a log file in the data dir."""
+    """`python -m service.cli.main up` in a subprocess; its output goes to a log file in the data dir."""
 
     def __init__(self, data_dir: Path, *, workers: int) -> None:
         self.data_dir = data_dir

@@ -22,8 +22,8 @@ from typing import Any
 import redis
 from rq import Worker
 
-from service import records
-from service.config import Settings
+from service.contract import records
+from service.contract.settings import Settings
 from tests.helpers import tiny_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ def api(settings: Settings):
     """A TestClient over the real app on `settings` (lifespan running)."""
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     with TestClient(create_app(settings)) as client:
         yield client

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from service import queue as rq_glue
-from service import records
-from service.storage import DataDir
+from service.contract import queue as rq_glue
+from service.contract import records
+from service.contract.storage import DataDir
 from tests.faults import (
     TINY_SPEC,
     api,

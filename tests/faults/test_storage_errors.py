@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from service import queue as rq_glue
-from service import records
-from service.storage import ARTIFACT_TYPES, DataDir
+from service.contract import queue as rq_glue
+from service.contract import records
+from service.contract.storage import ARTIFACT_TYPES, DataDir
 from tests.faults import REPO_ROOT, TINY_SPEC, api, worker_env
 
 pytestmark = pytest.mark.worker

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from service.spec import JobSpec
-from service.storage import DataDir
+from service.contract.spec import JobSpec
+from service.contract.storage import DataDir
 from workers.errors import JobFailure
 from workers.pipeline import run_pipeline
 
@@ -66,7 +66,7 @@ def test_pipeline_writes_every_artifact_and_a_consistent_result(tmp_path):
 def test_saved_weights_are_the_measured_theta(tmp_path):
     from safetensors.numpy import load_file
 
-    from service.spec import MLPModel, parameter_shapes
+    from service.contract.spec import MLPModel, parameter_shapes
 
     result, job_dir, _ = run(tmp_path, TINY)
     tensors = load_file(str(job_dir / "weights.safetensors"))

@@ -1,7 +1,7 @@
 """Models of the job spec as torch modules with one scalar output.
 
 Every model maps X of shape [n, *input_shape] to z of shape [n] (pre-sigmoid). Parameter names and
-shapes equal `service.spec.parameter_shapes(spec, input_shape)`.
+shapes equal `service.contract.spec.parameter_shapes(spec, input_shape)`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.spec import (
+from service.contract.spec import (
     CNNModel,
     LinearModel,
     MLPModel,

@@ -19,10 +19,7 @@ import torch
 from torch import nn
 
 from workers.compute import propagation
-from workers.compute.models import LayeredNet, ResMLP
-from workers.compute.ntk import is_two_layer, ntk, two_layer_features
-from workers.compute.progress import Progress, Throttle
-from workers.compute.trajectory import (
+from workers.compute.functional import (
     dfdz,
     dloss_dz,
     float64_params,
@@ -30,8 +27,11 @@ from workers.compute.trajectory import (
     per_example_grads,
     predict,
     rows_to_similarity,
-    trajectory_similarity,
 )
+from workers.compute.models import LayeredNet, ResMLP
+from workers.compute.ntk import is_two_layer, ntk, two_layer_features
+from workers.compute.progress import Progress, Throttle
+from workers.compute.trajectory import trajectory_similarity
 
 KINDS = ("kernelized", "relative", "activation")
 _BLOCK_BYTES = 128 * 2**20  # [block, n] / [block, m] temporaries of the two-layer path

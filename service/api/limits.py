@@ -1,0 +1,186 @@
+"""Per-request and per-tenant limits, each answer naming the limit and the setting that sets it.
+
+    size limits        max_examples, max_features (uploads); checked in service.api.validation for jobs
+    active jobs        a tenant's queued + running jobs < max_active_jobs, else 429 + Retry-After
+    request rate       rate_limit_per_minute per tenant on /v1, else 429 + Retry-After
+
+Redis keys (prefix `lelastic:`)::
+
+    active:<tenant>          sorted set: job id -> time its record was created, or minus the time it
+                             was admitted while the record is being created. Pruned of jobs that are
+                             final or gone whenever it is counted, so it stays right even if no worker
+                             ever touches it (a member not created yet counts for a grace period).
+    rate:<tenant>:<window>   request counter of one fixed one-minute window (expires after two)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import redis
+from fastapi import Depends
+
+from service.api.deps import RedisDep, SettingsDep, TenantDep
+from service.api.errors import InvalidInput, TooManyRequests, issue
+from service.contract import queue, records
+from service.contract.settings import Settings
+
+RATE_WINDOW_SECONDS = 60
+#: Seconds an admitted job may take to get its record before the counter treats it as gone.
+CREATING_GRACE_SECONDS = 60
+#: What a tenant at its active-jobs limit is told to wait (jobs take a while; there is no better guess).
+ACTIVE_RETRY_AFTER_SECONDS = 30
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of a setting: max_examples -> LELASTIC_MAX_EXAMPLES."""
+    return f"LELASTIC_{setting.upper()}"
+
+
+def exceeds(what: str, value: int, setting: str, limit: int, unit: str = "") -> str:
+    """'n = 60000 exceeds max_examples = 50000 (LELASTIC_MAX_EXAMPLES)'."""
+    return f"{what} = {value}{unit} exceeds {setting} = {limit}{unit} ({env_name(setting)})"
+
+
+def limit_issue(loc: list[str | int], what: str, value: int, setting: str, limit: int, unit: str = "") -> dict:
+    """An error entry for a value over a limit; `ctx` carries the limit for programs."""
+    entry = issue(loc, exceeds(what, value, setting, limit, unit), value)
+    entry["ctx"] = {"limit": setting, "allowed": limit, "env": env_name(setting)}
+    return entry
+
+
+# -------------------------------------------------------------------------------- sizes
+
+
+def dataset_issues(shape: tuple[int, ...] | list[int], settings: Settings) -> list[dict[str, Any]]:
+    """Issues of an uploaded array of `shape` ([n, ...]) against max_examples and max_features."""
+    found = []
+    n, features = int(shape[0]), math.prod(int(s) for s in shape[1:])
+    if n > settings.max_examples:
+        found.append(limit_issue(["body", "file", "X"], "n", n, "max_examples", settings.max_examples))
+    if features > settings.max_features:
+        found.append(
+            limit_issue(["body", "file", "X"], "features per example", features, "max_features", settings.max_features)
+        )
+    return found
+
+
+def check_dataset(shape: tuple[int, ...] | list[int], settings: Settings) -> None:
+    found = dataset_issues(shape, settings)
+    if found:
+        raise InvalidInput(found)
+
+
+# -------------------------------------------------------------------------------- active jobs
+
+
+def active_key(tenant: str) -> str:
+    return f"{records.PREFIX}active:{tenant}"
+
+
+# KEYS[1]: the tenant's active set. ARGV: job id, now, max_active_jobs, grace seconds, job key prefix.
+# Prunes members that are final or gone (a missing record with a negative score is being created),
+# then adds the job (score -now) when fewer than the limit remain.
+# Returns -1 when admitted, else the number of active jobs.
+_ADMIT = """
+local now = tonumber(ARGV[2])
+local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local count = 0
+for i = 1, #members, 2 do
+  local status = redis.call('HGET', ARGV[5] .. members[i], 'status')
+  local score = tonumber(members[i + 1])
+  if status == 'queued' or status == 'running' then
+    count = count + 1
+  elseif (not status) and score < 0 and now + score < tonumber(ARGV[4]) then
+    count = count + 1
+  else
+    redis.call('ZREM', KEYS[1], members[i])
+  end
+end
+if count >= tonumber(ARGV[3]) then return count end
+redis.call('ZADD', KEYS[1], -now, ARGV[1])
+return -1
+"""
+
+
+def _try_admit(conn: redis.Redis, tenant: str, job_id: str, limit: int) -> int:
+    args = [job_id, repr(time.time()), limit, CREATING_GRACE_SECONDS, records.job_key("")]
+    return int(conn.eval(_ADMIT, 1, active_key(tenant), *args))
+
+
+def _reconcile_active(conn: redis.Redis, tenant: str) -> None:
+    """Let RQ's view end jobs whose worker died without saying so (they then stop counting)."""
+    for member in conn.zrange(active_key(tenant), 0, -1):
+        record = records.get_job(conn, member.decode())
+        if record is not None and record.status in ("queued", "running"):
+            queue.reconcile(conn, record)
+
+
+def admit_job(conn: redis.Redis, settings: Settings, tenant: str, job_id: str) -> None:
+    """Count `job_id` among the tenant's active jobs, or TooManyRequests at max_active_jobs."""
+    limit = settings.max_active_jobs
+    if _try_admit(conn, tenant, job_id, limit) < 0:
+        return
+    _reconcile_active(conn, tenant)  # only when at the limit: some may have died unnoticed
+    count = _try_admit(conn, tenant, job_id, limit)
+    if count < 0:
+        return
+    msg = (
+        f"active jobs = {count} (queued + running) reached max_active_jobs = {limit} "
+        f"({env_name('max_active_jobs')}); wait for one to finish or cancel one"
+    )
+    entry = issue(["tenant"], msg, count)
+    entry["ctx"] = {"limit": "max_active_jobs", "allowed": limit, "env": env_name("max_active_jobs")}
+    raise TooManyRequests([entry], retry_after=ACTIVE_RETRY_AFTER_SECONDS)
+
+
+def confirm_job(conn: redis.Redis, tenant: str, job_id: str) -> None:
+    """The admitted job's record exists now: from here on a missing record means the job is gone."""
+    conn.zadd(active_key(tenant), {job_id: time.time()}, xx=True)
+
+
+def release_job(conn: redis.Redis, tenant: str, job_id: str) -> None:
+    """Stop counting a job that was admitted but never created."""
+    conn.zrem(active_key(tenant), job_id)
+
+
+# -------------------------------------------------------------------------------- rate
+
+
+def rate_key(tenant: str, window: int) -> str:
+    return f"{records.PREFIX}rate:{tenant}:{window}"
+
+
+def count_request(conn: redis.Redis, tenant: str, limit: int, *, now: float | None = None) -> None:
+    """Count one request in the tenant's current one-minute window; TooManyRequests past `limit`."""
+    now = time.time() if now is None else now
+    window = int(now // RATE_WINDOW_SECONDS)
+    key = rate_key(tenant, window)
+    pipe = conn.pipeline()
+    pipe.incr(key)
+    pipe.expire(key, 2 * RATE_WINDOW_SECONDS)
+    count = int(pipe.execute()[0])
+    if count <= limit:
+        return
+    retry_after = math.ceil((window + 1) * RATE_WINDOW_SECONDS - now)
+    msg = (
+        f"requests this minute = {count} exceeds rate_limit_per_minute = {limit} "
+        f"({env_name('rate_limit_per_minute')}); retry after {retry_after} s"
+    )
+    entry = issue(["tenant"], msg, count)
+    entry["ctx"] = {
+        "limit": "rate_limit_per_minute",
+        "allowed": limit,
+        "env": env_name("rate_limit_per_minute"),
+    }
+    raise TooManyRequests([entry], retry_after=retry_after)
+
+
+def rate_limit(conn: RedisDep, settings: SettingsDep, tenant: TenantDep) -> None:
+    """Dependency of the /v1 routers: the per-tenant request rate."""
+    count_request(conn, tenant, settings.rate_limit_per_minute)
+
+
+RateLimited = Depends(rate_limit)

@@ -1,0 +1,375 @@
+"""The `lelastic` command line.
+
+    lelastic up      [--host H] [--port P] [--workers N] [--data-dir DIR] [--gpus 0,1]   Valkey + API + workers
+    lelastic api     [--host H] [--port P]                                  the HTTP API (uvicorn)
+    lelastic worker  [--queues Q ...] [--burst]                             one RQ worker
+    lelastic submit  SPEC.json [--dataset FILE] [--wait] [--out DIR] [--url URL]
+    lelastic demo    [--out DIR]                                            a paper-style run end to end
+    lelastic keys create TENANT [--file PATH]                               add an API key
+    lelastic gc      [--data-dir DIR]                                       one retention sweep
+
+`api` imports no torch (the API image has none); `worker` does: it becomes `python -m workers.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+#: The `lelastic demo` job: the paper's digits setting (3 vs 5 against 8 and 9), sized to finish in
+#: well under five minutes on two CPU cores. Width and epochs are the knobs to tune.
+DEMO_WIDTH = 4096
+DEMO_EPOCHS = 200
+DEMO_SPEC: dict[str, Any] = {
+    "dataset": {"builtin": "digits"},
+    "primary": {"labels": [3, 5]},
+    "auxiliary": {"labels": [8, 9]},
+    "model": {"arch": "mlp", "width": DEMO_WIDTH, "depth": 2, "activation": "relu"},
+    "loss": "mse",
+    "weights": {"source": "trained", "epochs": DEMO_EPOCHS, "lr": 0.003, "batch_size": 50},
+    "similarity": {"kind": "kernelized", "step": 0},
+    "clustering": {"k": 2, "method": "kernel_kmeans"},
+    "baselines": ["kmeans_raw", "pca_kmeans", "spectral_rbf"],
+    "seed": 0,
+}
+DEMO_TIMEOUT = 600.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lelastic", description="Local-elasticity similarity service.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="run Valkey, the API and workers in the foreground")
+    up.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    up.add_argument("--workers", type=_non_negative, default=1, help="worker processes (default 1)")
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="datasets, artifacts and Valkey's AOF (default $LELASTIC_DATA_DIR or ./.lelastic)",
+    )
+    up.add_argument(
+        "--gpus",
+        type=lambda text: [g.strip() for g in text.split(",") if g.strip()],
+        default=None,
+        help="GPU ids to spread the workers over, e.g. 0,1 (worker k gets CUDA_VISIBLE_DEVICES=ids[k %% n])",
+    )
+
+    api = commands.add_parser("api", help="run the HTTP API (needs LELASTIC_REDIS_URL)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+
+    worker = commands.add_parser("worker", help="run one RQ worker (needs LELASTIC_REDIS_URL)")
+    worker.add_argument("--queues", nargs="+", default=None, help="queues to listen on (default $LELASTIC_QUEUE)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+
+    submit = commands.add_parser("submit", help="submit a job spec (and optionally wait for it)")
+    submit.add_argument("spec", type=Path, metavar="SPEC.json")
+    submit.add_argument("--dataset", type=Path, default=None, help="upload this .npz and use it as the spec's dataset")
+    submit.add_argument("--wait", action="store_true", help="show progress, then download the results")
+    submit.add_argument("--out", type=Path, default=None, help="results folder (default ./lelastic-<job id>)")
+    submit.add_argument("--url", default=DEFAULT_URL, help=f"API base URL (default {DEFAULT_URL})")
+    submit.add_argument("--api-key", default=None, help="sent as `Authorization: Bearer`")
+
+    demo = commands.add_parser("demo", help="start a stack, run a paper-style job on digits, print the table")
+    demo.add_argument(
+        "--out", type=Path, default=Path("lelastic-demo"), help="where artifacts go (default ./lelastic-demo)"
+    )
+
+    keys = commands.add_parser("keys", help="manage API keys (the file named by LELASTIC_API_KEYS_FILE)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="add a key for a tenant and print it (shown only once)")
+    create.add_argument("tenant")
+    create.add_argument("--file", type=Path, default=None, help="keys file (default $LELASTIC_API_KEYS_FILE)")
+
+    gc = commands.add_parser("gc", help="remove expired jobs and uploads now (one retention sweep)")
+    gc.add_argument("--data-dir", type=Path, default=None, help="data dir (default $LELASTIC_DATA_DIR)")
+    return parser
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+def check_open_access(command: str, host: str, settings) -> None:
+    """Refuse to serve without API keys on anything but loopback; say so when serving open on it."""
+    if settings.api_keys_file is not None:
+        return
+    if host not in LOOPBACK:
+        raise SystemExit(
+            f"lelastic {command}: refusing to serve on {host} without API keys: set LELASTIC_API_KEYS_FILE "
+            "(add keys with `lelastic keys create TENANT`) or bind to 127.0.0.1"
+        )
+    logging.getLogger("lelastic.api").warning(
+        "no API keys (LELASTIC_API_KEYS_FILE unset): the API is open to every local user on %s", host
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from service.cli.supervisor import StackConfig, serve
+    from service.contract.settings import get_settings
+
+    settings = get_settings()
+    check_open_access("up", args.host, settings)
+    config = StackConfig(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        data_dir=args.data_dir or settings.data_dir,
+        redis_url=settings.redis_url,
+        gpus=args.gpus,
+    )
+    return serve(config)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from service.contract.settings import get_settings
+
+    settings = get_settings()
+    if not settings.redis_url:
+        raise SystemExit("lelastic api: LELASTIC_REDIS_URL is not set (or use `lelastic up`, which starts Valkey)")
+    check_open_access("api", args.host, settings)
+    import uvicorn
+
+    from service.api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers propagate to the root handler of service.contract.logs
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Become the worker process: `workers` is started by name, so the command line never imports it."""
+    import os
+
+    argv = [sys.executable, "-m", "workers.main", *(["--queues", *args.queues] if args.queues else [])]
+    argv += ["--burst"] if args.burst else []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from service.cli.client import Client
+
+    spec = json.loads(args.spec.read_text())
+    with Client(args.url, api_key=args.api_key) as client:
+        if args.dataset is not None:
+            dataset = client.upload_dataset(args.dataset)
+            spec["dataset"] = dataset["id"]
+            print(f"uploaded {args.dataset} as dataset {dataset['id']}", file=sys.stderr)
+        job = client.submit(spec)
+        print(job["id"])
+        if not args.wait:
+            return 0
+        record = _follow(client, job["id"])
+        if record["status"] != "succeeded":
+            print(f"job {job['id']} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
+            return 1
+        out = args.out or Path(f"lelastic-{job['id']}")
+        _, paths = client.download_results(job["id"], out)
+        for path in paths:
+            print(path)
+    return 0
+
+
+def _follow(client: Any, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+    from service.cli.client import ProgressBar
+
+    bar = ProgressBar()
+    try:
+        return client.follow(job_id, on_progress=bar, timeout=timeout)
+    finally:
+        bar.done()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import socket
+    import threading
+
+    from service.cli.client import Client
+    from service.cli.supervisor import Stack, StackConfig
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    outcome: dict[str, Any] = {"code": 1}
+    with tempfile.TemporaryDirectory(prefix="lelastic-demo-") as data_dir:
+        log_path = Path(data_dir) / "stack.log"
+        log_file = open(log_path, "wb")  # noqa: SIM115 - closed below; the processes' output goes here
+        stack = Stack(StackConfig(port=port, workers=1, data_dir=Path(data_dir), output=log_file))
+        finished = threading.Event()
+
+        def run_job() -> None:
+            try:
+                with Client(stack.api_url) as client:
+                    outcome["code"] = _demo_job(client, args.out)
+            except Exception as exc:  # reported below; the stack is stopped either way
+                outcome["error"] = exc
+            finally:
+                finished.set()
+
+        try:
+            print(f"starting the stack on {stack.api_url} (data dir {data_dir}) ...", file=sys.stderr)
+            stack.start()
+            thread = threading.Thread(target=run_job, name="demo-job", daemon=True)
+            thread.start()
+            stack.run(until=finished)
+        except BaseException as exc:
+            outcome.setdefault("error", exc)
+            raise
+        finally:
+            stack.stop()
+            log_file.close()
+            if "error" in outcome or outcome["code"] != 0:
+                tail = log_path.read_text(errors="replace").splitlines()[-40:]
+                print("last lines of the stack's log:\n" + "\n".join(tail), file=sys.stderr)
+    if "error" in outcome:
+        print(f"demo failed: {outcome['error']}", file=sys.stderr)
+        return 1
+    return outcome["code"]
+
+
+def _demo_job(client: Any, out: Path) -> int:
+    job = client.submit(DEMO_SPEC)
+    print(
+        f"job {job['id']}: digits 3 vs 5 (auxiliary 8, 9), 2-layer ReLU MLP width {DEMO_WIDTH}, "
+        f"{DEMO_EPOCHS} epochs, kernelized similarity (small-step limit), kernel K-means k=2",
+        file=sys.stderr,
+    )
+    record = _follow(client, job["id"], timeout=DEMO_TIMEOUT)
+    if record["status"] != "succeeded":
+        print(f"job {job['id']} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
+        return 1
+    result, paths = client.download_results(job["id"], out)
+    print(format_table(result))
+    timings = result.get("timings") or {}
+    if timings:
+        print(
+            "timings: "
+            + ", ".join(f"{k} {v:.2f} s" if isinstance(v, int | float) else f"{k} {v}" for k, v in timings.items())
+        )
+    print(f"device: {result.get('device')}")
+    print(f"artifacts in {out.resolve()}:")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """LE clustering next to the baselines: accuracy, ARI, NMI."""
+    rows = [("LE clustering", result.get("metrics") or {})]
+    rows += [(name, values) for name, values in (result.get("baselines") or {}).items()]
+    lines = [f"{'method':<16}{'accuracy':>10}{'ARI':>8}{'NMI':>8}"]
+    for name, values in rows:
+        cells = "".join(
+            f"{_number(values.get(key)):>{width}}" for key, width in (("accuracy", 10), ("ari", 8), ("nmi", 8))
+        )
+        lines.append(f"{name:<16}{cells}")
+    ratio = (result.get("metrics") or {}).get("within_between_ratio")
+    if ratio is not None:
+        lines.append(f"within/between similarity ratio (LE): {_number(ratio)}")
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from service.api import auth
+    from service.contract.settings import get_settings
+
+    path = args.file or get_settings().api_keys_file
+    if path is None:
+        raise SystemExit("lelastic keys: give --file or set LELASTIC_API_KEYS_FILE")
+    try:
+        key = auth.create_key(path, args.tenant)
+    except ValueError as exc:
+        raise SystemExit(f"lelastic keys: {exc}") from None
+    print(key)
+    print(f"added a key for tenant {args.tenant!r} to {path}; it is shown only this once", file=sys.stderr)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from service.api import retention
+    from service.contract import records
+    from service.contract.settings import get_settings
+
+    settings = get_settings()
+    if not settings.redis_url:
+        raise SystemExit("lelastic gc: LELASTIC_REDIS_URL is not set")
+    conn = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    try:
+        removed = retention.sweep_locked(conn, args.data_dir or settings.data_dir, settings)
+    finally:
+        conn.close()
+    if removed is None:
+        print("lelastic gc: another sweep is running (lock held); try again later", file=sys.stderr)
+        return 1
+    for kind in ("jobs", "datasets", "orphan_job_dirs", "orphan_dataset_dirs", "temp_files"):
+        for name in removed[kind]:
+            print(f"{kind}\t{name}")
+    print(f"removed {retention.summary(removed)}")
+    return 0
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "api": cmd_api,
+    "worker": cmd_worker,
+    "submit": cmd_submit,
+    "demo": cmd_demo,
+    "keys": cmd_keys,
+    "gc": cmd_gc,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from service.contract.logs import configure_logging
+    from service.contract.settings import get_settings
+
+    configure_logging(get_settings())
+    import httpx
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the output
+    from service.cli.client import ApiError
+    from service.cli.supervisor import StackError
+
+    try:
+        return COMMANDS[args.command](args)
+    except httpx.TransportError as exc:
+        print(f"lelastic {args.command}: error: cannot reach the API: {exc}", file=sys.stderr)
+        return 1
+    except (StackError, ApiError, FileNotFoundError, json.JSONDecodeError, TimeoutError) as exc:
+        print(f"lelastic {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

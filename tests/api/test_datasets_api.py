@@ -1,0 +1,225 @@
+"""POST/GET/DELETE /v1/datasets: every upload format, every rejection, and the resource's life."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from service.contract import records
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray, *, allow_pickle: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]], *, header: bytes | None = None) -> bytes:
+    """A .safetensors file of zero-filled tensors {name: (dtype, shape)} (or a given raw header)."""
+    sizes = {"F32": 4, "F16": 2, "I64": 8}
+    meta, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        length = int(np.prod(shape)) * sizes[dtype]
+        meta[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + length]}
+        offset += length
+    raw = header if header is not None else json.dumps(meta).encode()
+    return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
+
+
+def upload(client, filename: str, content: bytes, **form: str):
+    return client.post("/v1/datasets", files={"file": (filename, content)}, data=form)
+
+
+def blobs(n: int = 12, d: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], n // 2)
+    return rng.normal(size=(n, d)) + 3 * y[:, None], y
+
+
+def assert_names(response, status: int, *fragments: str) -> list[dict]:
+    """The response has `status` and an error entry whose text contains every fragment."""
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    text = json.dumps(detail)
+    for fragment in fragments:
+        assert fragment in text, (fragment, detail)
+    return detail
+
+
+def test_npz_with_labels_is_stored_as_float32_and_int64(client, settings):
+    X, y = blobs()
+    response = upload(client, "blobs.npz", npz_bytes(X=X, y=y))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert response.headers["location"] == f"/v1/datasets/{body['id']}"
+    assert body | {"id": None, "created_at": None} == {
+        "id": None,
+        "created_at": None,
+        "kind": "dataset",
+        "name": "blobs.npz",
+        "n": 12,
+        "shape": [3],
+        "dtype": "float32",
+        "has_labels": True,
+        "classes": [0, 1],
+        "class_counts": {"0": 6, "1": 6},
+        "tensors": None,
+    }
+    assert body["created_at"].endswith("Z")
+    with np.load(settings.data_dir / "datasets" / body["id"] / "data.npz") as stored:
+        assert stored["X"].dtype == np.float32 and stored["y"].dtype == np.int64
+        np.testing.assert_allclose(stored["X"], X.astype(np.float32))
+
+
+def test_npz_without_labels_and_npy_keep_the_example_shape(client):
+    images = np.zeros((5, 2, 4, 4), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(5)
+    for name, content in (("a.npz", npz_bytes(X=images)), ("a.npy", npy_bytes(images))):
+        body = upload(client, name, content).json()
+        assert (body["n"], body["shape"], body["has_labels"], body["classes"]) == (5, [2, 4, 4], False, None)
+
+
+def test_csv_with_header_and_label_column(client):
+    content = b"a,b,label\n1,2,3\n4.5,-1e3,5\n\n0,0,3\n"
+    body = upload(client, "t.csv", content, label_column="label").json()
+    assert (body["n"], body["shape"], body["classes"], body["class_counts"]) == (
+        3,
+        [2],
+        [3, 5],
+        {"3": 2, "5": 1},
+    )
+
+
+def test_csv_without_header_takes_the_label_column_by_number(client):
+    body = upload(client, "t.csv", b"1,2,0\n3,4,1\n", label_column="2").json()
+    assert (body["n"], body["shape"], body["classes"]) == (2, [2], [0, 1])
+
+
+def test_safetensors_is_stored_as_weights_with_its_tensors(client, settings):
+    content = safetensors_bytes({"layers.0.weight": ("F32", [4, 3]), "layers.0.bias": ("F32", [4])})
+    response = upload(client, "w.safetensors", content)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["kind"] == "weights" and body["n"] is None
+    assert body["tensors"] == {
+        "layers.0.weight": {"dtype": "F32", "shape": [4, 3]},
+        "layers.0.bias": {"dtype": "F32", "shape": [4]},
+    }
+    assert (settings.data_dir / "datasets" / body["id"] / "weights.safetensors").read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "status", "fragments"),
+    [
+        (
+            "x.npy",
+            npy_bytes(np.array([{"a": 1}, None], dtype=object), allow_pickle=True),
+            422,
+            ["file", "pickle"],
+        ),
+        ("x.npz", npz_bytes(X=np.array([[1.0], [np.nan]])), 422, ['"X"', "non-finite", "nan"]),
+        ("x.npz", npz_bytes(X=np.ones((3, 2)), y=np.array([0, 1])), 422, ['"y"', "[2]", "shape [3]"]),
+        ("x.npz", npz_bytes(X=np.ones((3, 2)), y=np.array([0, 1.5, 1])), 422, ['"y"', "integer", "1.5"]),
+        ("x.npz", npz_bytes(X=np.ones((1, 2))), 422, ['"X"', "n >= 2", "[1, 2]"]),
+        ("x.npz", npz_bytes(X=np.array(["a", "b"])), 422, ['"X"', "numeric"]),
+        ("x.npz", npz_bytes(data=np.ones((3, 2))), 422, ["'X'", '["data"]']),
+        ("x.npy", b"not an array", 422, ["file", ".npy"]),
+        ("x.csv", b"a,b\n1,2\n3,oops\n", 422, ["row 3", "column b", "oops"]),
+        ("x.csv", b"1,2\n3\n", 422, ["row 2", "1 columns"]),
+        ("x.csv", b"1,2\n3,inf\n", 422, ["row 2", "column 1", "inf"]),
+        ("x.txt", b"1,2\n", 422, ["file", ".npz", "x.txt"]),
+        ("w.safetensors", safetensors_bytes({}, header=b"{not json"), 422, ["safetensors", "JSON"]),
+        ("w.safetensors", struct.pack("<Q", 10**9) + b"{}", 422, ["safetensors", "header length"]),
+        ("w.safetensors", safetensors_bytes({"w": ("F32", [2])})[:-1], 422, ["safetensors", "bytes"]),
+        (
+            "w.safetensors",
+            safetensors_bytes({}, header=b'{"w": {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}}'),
+            422,
+            ["F99", "allowed"],
+        ),
+    ],
+    ids=[
+        "pickle",
+        "nan",
+        "y-length",
+        "y-float",
+        "n<2",
+        "strings",
+        "no-X",
+        "npy-garbage",
+        "csv-cell",
+        "csv-ragged",
+        "csv-inf",
+        "extension",
+        "st-json",
+        "st-length",
+        "st-size",
+        "st-dtype",
+    ],
+)
+def test_bad_uploads_are_rejected_naming_the_problem(client, settings, filename, content, status, fragments):
+    assert_names(upload(client, filename, content), status, *fragments)
+    assert client.get("/v1/datasets").json()["count"] == 0
+    leftovers = [p.name for p in settings.data_dir.rglob("*") if p.is_file()]
+    assert leftovers == [], "a rejected upload must leave no files behind"
+
+
+def test_label_column_must_exist(client):
+    assert_names(
+        upload(client, "t.csv", b"a,b\n1,2\n3,4\n", label_column="c"),
+        422,
+        "label_column",
+        '"c"',
+        "['a', 'b']",
+    )
+
+
+def test_oversize_upload_is_413_and_leaves_nothing(settings):
+    small = settings.model_copy(update={"max_upload_bytes": 4096})
+    with TestClient(create_app(small)) as client:
+        assert upload(client, "ok.npy", npy_bytes(np.zeros((100, 4)))).status_code == 201
+        assert_names(upload(client, "big.npy", npy_bytes(np.zeros((600, 1)))), 413, "max_upload_bytes", "4096")
+        assert client.get("/v1/datasets").json()["count"] == 1
+    assert [p.name for p in settings.data_dir.iterdir() if p.is_file()] == []
+
+
+def test_missing_file_part_is_422(client):
+    response = client.post("/v1/datasets", files={"label_column": (None, "x")})
+    assert_names(response, 422, "file", "field required")
+
+
+def test_list_get_delete_and_404(client, settings):
+    X, y = blobs()
+    first = upload(client, "a.npz", npz_bytes(X=X, y=y)).json()
+    second = upload(client, "b.npy", npy_bytes(X)).json()
+    listed = client.get("/v1/datasets").json()
+    assert listed["count"] == 2 and [d["id"] for d in listed["data"]] == [second["id"], first["id"]]
+    assert client.get(f"/v1/datasets/{first['id']}").json() == first
+    assert client.delete(f"/v1/datasets/{first['id']}").status_code == 204
+    assert not (settings.data_dir / "datasets" / first["id"]).exists()
+    assert_names(client.get(f"/v1/datasets/{first['id']}"), 404, "dataset_id", first["id"])
+    assert_names(client.delete(f"/v1/datasets/{first['id']}"), 404, "dataset_id")
+    assert client.get("/v1/datasets").json()["count"] == 1
+
+
+def test_delete_is_refused_while_a_queued_job_uses_the_dataset(client, redis_conn):
+    X, y = blobs()
+    dataset = upload(client, "a.npz", npz_bytes(X=X, y=y)).json()
+    job = client.post("/v1/jobs", json={"dataset": dataset["id"], "weights": {"source": "init"}}).json()
+    detail = assert_names(client.delete(f"/v1/datasets/{dataset['id']}"), 409, "in use", job["id"])
+    assert detail[0]["loc"] == ["path", "dataset_id"]
+    client.delete(f"/v1/jobs/{job['id']}")
+    assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+    assert records.get_dataset(redis_conn, dataset["id"]) is None

@@ -1,0 +1,87 @@
+"""GET /v1/jobs/{id}/events: Server-Sent Events from the job's Redis stream."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from service.contract import records
+from tests.api.test_datasets_api import assert_names
+from tests.api.test_jobs_api import submit
+
+
+def read_stream(client, job_id: str, **headers: str) -> list[dict]:
+    """Every event of the stream (until the server ends it) as {"id", "event", "data"}."""
+    events, current = [], {}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                if current:
+                    events.append(current)
+                current = {}
+            elif not line.startswith(":"):
+                field, _, value = line.partition(": ")
+                current[field] = json.loads(value) if field == "data" else value
+    return events
+
+
+def run_to_success(conn, job_id: str) -> None:
+    records.transition(conn, job_id, "running", allowed_from=("queued",), fields={"started_at": records.now()})
+    records.set_progress(conn, job_id, fraction=0.5, stage="similarity", message="half way")
+    records.transition(conn, job_id, "succeeded", allowed_from=("running",), fields={"finished_at": records.now()})
+
+
+def test_stream_has_every_event_then_ends_after_the_final_status(client, redis_conn):
+    job = submit(client).json()
+    run_to_success(redis_conn, job["id"])
+    events = read_stream(client, job["id"])
+    assert [(e["event"], e["data"].get("status") or e["data"]["stage"]) for e in events] == [
+        ("status", "queued"),
+        ("status", "running"),
+        ("progress", "similarity"),
+        ("status", "succeeded"),
+    ]
+    assert events[2]["data"] == {"fraction": 0.5, "stage": "similarity", "message": "half way"}
+    assert all(e["id"] for e in events)
+
+
+def test_last_event_id_resumes_after_that_event(client, redis_conn):
+    job = submit(client).json()
+    run_to_success(redis_conn, job["id"])
+    first = read_stream(client, job["id"])
+    resumed = read_stream(client, job["id"], **{"Last-Event-ID": first[1]["id"]})
+    assert resumed == first[2:]
+    after_end = read_stream(client, job["id"], **{"Last-Event-ID": first[-1]["id"]})
+    assert [e["data"]["status"] for e in after_end] == ["succeeded"], "a resumed client still learns the end"
+
+
+def test_events_written_while_streaming_arrive_live(client, redis_conn):
+    job = submit(client).json()
+    writer = threading.Timer(0.3, run_to_success, args=(redis_conn, job["id"]))
+    started = time.monotonic()
+    writer.start()
+    events = read_stream(client, job["id"])
+    writer.join()
+    assert [e["event"] for e in events] == ["status", "status", "progress", "status"]
+    assert time.monotonic() - started < 5
+
+
+def test_stream_of_a_lost_job_ends_failed(client, redis_conn):
+    job = submit(client).json()
+    Job.fetch(job["id"], connection=redis_conn, serializer=JSONSerializer).delete()
+    records.transition(redis_conn, job["id"], "running", allowed_from=("queued",))
+    events = read_stream(client, job["id"])
+    assert events[-1]["data"]["status"] == "failed" and "worker lost" in events[-1]["data"]["error"]
+
+
+def test_unknown_job_and_bad_last_event_id(client):
+    assert_names(client.get("/v1/jobs/nope/events"), 404, "job_id")
+    job = submit(client).json()
+    response = client.get(f"/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": "yesterday"})
+    assert_names(response, 422, "last-event-id", "yesterday")
