@@ -1,10 +1,11 @@
 # lelastic: every target does its own set-up on a fresh machine.
-#   make test    all tests (unit, service, compute, e2e)
-#   make demo    start a stack, run a paper-style job on the digits, print the table
-#   make up      run the stack in the foreground (API on http://127.0.0.1:8000/docs)
-#   make bench   quick engine benchmark
-#   make lint    ruff
-#   make fuzz    longer schemathesis run against the API (FUZZ_EXAMPLES per operation and mode)
+#   make test       all tests (unit, API, compute, workers, faults, e2e); any warning fails a test
+#   make test-fast  the same without the slow ones (pytest -m "not slow": no tests/faults, no tests/e2e)
+#   make demo       start a stack, run a paper-style job on the digits, print the table
+#   make up         run the stack in the foreground (API on http://127.0.0.1:8000/docs)
+#   make bench      quick engine benchmark
+#   make lint       ruff (lint and format), import-linter's boundaries, mypy
+#   make fuzz       longer schemathesis run against the API (FUZZ_EXAMPLES per operation and mode)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,7 +15,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.lelastic-installed
 
-.PHONY: install test demo up bench lint fuzz clean
+.PHONY: install test test-fast demo up bench lint fuzz clean
 
 install: $(STAMP)
 
@@ -31,6 +32,9 @@ $(STAMP): pyproject.toml | $(PY)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
 demo: $(STAMP)
 	$(VENV)/bin/lelastic demo
 
@@ -43,6 +47,8 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check service workers tests benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # The property-based test of tests/api/test_fuzz.py with many more examples (no 5xx allowed).
 FUZZ_EXAMPLES ?= 500

@@ -41,7 +41,8 @@ import redis
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from service import records  # noqa: E402
+from service.contract import keys, records  # noqa: E402
+from service.contract.jobstate import ACTIVE, FINAL  # noqa: E402
 
 TINY_SPEC = {
     "dataset": {"builtin": "digits"},
@@ -199,8 +200,8 @@ async def cancel_all(url: str, job_ids: list[str], conn: redis.Redis, queue_key:
     """Cancel the jobs still queued or running; wait for the queue to empty and the workers to idle."""
     pipe = conn.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.hget(records.job_key(job_id), "status")
-    active = [j for j, s in zip(job_ids, pipe.execute(), strict=True) if s in (b"queued", b"running")]
+        pipe.hget(keys.job(job_id), "status")
+    active = [j for j, s in zip(job_ids, pipe.execute(), strict=True) if s is not None and s.decode() in ACTIVE]
     semaphore = asyncio.Semaphore(20)
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
 
@@ -213,7 +214,7 @@ async def cancel_all(url: str, job_ids: list[str], conn: redis.Redis, queue_key:
     while time.monotonic() < deadline:
         pipe = conn.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hget(records.job_key(job_id), "status")
+            pipe.hget(keys.job(job_id), "status")
         if conn.llen(queue_key) == 0 and b"running" not in pipe.execute():
             break
         await asyncio.sleep(0.2)
@@ -251,16 +252,16 @@ async def burst(url: str, conn: redis.Redis, *, jobs: int, timeout: float) -> di
     while time.monotonic() < deadline:
         pipe = conn.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hget(records.job_key(job_id), "status")
+            pipe.hget(keys.job(job_id), "status")
         statuses = pipe.execute()
-        if all(s is not None and s.decode() in records.FINAL_STATUSES for s in statuses):
+        if all(s is not None and s.decode() in FINAL for s in statuses):
             break
         await asyncio.sleep(0.25)
     drained = time.time()
     # Per job: final status, finished_at, and how many times it was started (status events "running").
     pipe = conn.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hmget(records.job_key(job_id), "status", "finished_at")
+        pipe.hmget(keys.job(job_id), "status", "finished_at")
     finals = pipe.execute()
     runs = [
         sum(
@@ -281,7 +282,7 @@ async def burst(url: str, conn: redis.Redis, *, jobs: int, timeout: float) -> di
         "submit_errors": submit_errors,
         "submit_seconds": submitted - started,
         "drain_seconds": min(drained, last_finish) - started,
-        "timed_out": not all(s is not None and s.decode() in records.FINAL_STATUSES for s in statuses),
+        "timed_out": not all(s is not None and s.decode() in FINAL for s in statuses),
         "by_status": by_status,
         "runs_once": sum(1 for r in runs if r == 1),
         "runs_twice_or_more": sum(1 for r in runs if r > 1),

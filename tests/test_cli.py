@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import socket
 import sys
@@ -12,20 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from service.cli import demo, supervisor
 from service.cli import main as cli
-from service.cli import supervisor
 from service.cli.client import ProgressBar, parse_sse
 from service.cli.supervisor import Child, EmbeddedValkey, Stack, StackConfig, StackError
-
-
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
-
-
-def options(parser: argparse.ArgumentParser) -> set[str]:
-    return {opt for action in parser._actions for opt in action.option_strings} - {"-h", "--help"}
-
+from tests.factories import options, subcommands
 
 # ------------------------------------------------------------------------------------------- parser
 
@@ -81,8 +71,8 @@ def test_submit_and_worker_arguments():
 def test_demo_spec_is_a_valid_job_spec():
     from service.contract.spec import JobSpec
 
-    spec = JobSpec.model_validate(cli.DEMO_SPEC)
-    assert spec.model.width == cli.DEMO_WIDTH and spec.weights.epochs == cli.DEMO_EPOCHS
+    spec = JobSpec.model_validate(demo.DEMO_SPEC)
+    assert spec.model.width == demo.DEMO_WIDTH and spec.weights.epochs == demo.DEMO_EPOCHS
     assert spec.primary.labels == [3, 5] and spec.auxiliary.labels == [8, 9]
     assert spec.clustering_method() == "kernel_kmeans"
 
@@ -142,7 +132,7 @@ def test_format_table_puts_le_clustering_next_to_the_baselines():
         "metrics": {"accuracy": 0.95, "ari": 0.81, "nmi": 0.72, "within_between_ratio": 2.5},
         "baselines": {"kmeans_raw": {"accuracy": 0.9, "ari": 0.64, "nmi": 0.55}},
     }
-    lines = cli.format_table(result).splitlines()
+    lines = demo.format_table(result).splitlines()
     assert lines[0].split() == ["method", "accuracy", "ARI", "NMI"]
     assert lines[1].split() == ["LE", "clustering", "0.950", "0.810", "0.720"]
     assert lines[2].split() == ["kmeans_raw", "0.900", "0.640", "0.550"]
@@ -197,7 +187,7 @@ def test_embedded_valkey_persists_in_the_data_dir(tmp_path):
     server = EmbeddedValkey(directory)
     url = server.start()
     try:
-        redis.Redis.from_url(url, socket_timeout=5).set("lelastic:test", "kept")
+        redis.Redis.from_url(url, socket_timeout=5).set("persistence-check", "kept")
         assert (directory / "valkey.log").stat().st_size > 0
         assert list((directory / "appendonlydir").glob("*.aof")), "no AOF file in the data dir"
         assert (directory / supervisor.PID_FILE).exists()
@@ -208,7 +198,7 @@ def test_embedded_valkey_persists_in_the_data_dir(tmp_path):
     again = EmbeddedValkey(directory)
     assert again.start() == url, "the port kept in the data dir is reused"
     try:
-        assert redis.Redis.from_url(url, socket_timeout=5).get("lelastic:test") == b"kept"
+        assert redis.Redis.from_url(url, socket_timeout=5).get("persistence-check") == b"kept"
     finally:
         again.stop()
 

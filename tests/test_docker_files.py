@@ -12,13 +12,12 @@ import shlex
 from pathlib import Path
 
 import pytest
-import yaml
 
 from service.cli.main import build_parser
 from service.contract.settings import Settings
-from tests.test_cli import subcommands
+from tests.factories import REPO_ROOT as ROOT
+from tests.factories import subcommands
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = {"api": ROOT / "docker" / "api.Dockerfile", "worker": ROOT / "docker" / "worker.Dockerfile"}
 SETTINGS_VARS = {f"LELASTIC_{name.upper()}" for name in Settings.model_fields}
 
@@ -53,11 +52,6 @@ def check_lelastic_command(words: list[str]) -> None:
     assert words[0] == "lelastic", words
     assert words[1] in subcommands(build_parser()), words
     build_parser().parse_args(words[1:])  # exits (fails the test) on an unknown option
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
 # -------------------------------------------------------------------------------------- Dockerfiles
@@ -120,6 +114,7 @@ def test_compose_services_and_healthchecks(compose):
     assert redis["image"].startswith("redis:7")
     assert "--appendonly" in command_words(redis["command"]) and "yes" in command_words(redis["command"])
     assert "redis-cli" in " ".join(command_words(redis["healthcheck"]["test"]))
+    assert "${REDIS_PASSWORD:?" in redis["environment"]["REDISCLI_AUTH"], "the healthcheck must authenticate"
     assert "/healthz" in " ".join(command_words(services["api"]["healthcheck"]["test"]))
     for name in ("api", "worker"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -133,7 +128,16 @@ def test_compose_commands_and_env_vars(compose):
         assert words[1] == name
         env = service["environment"]
         assert set(env) <= SETTINGS_VARS
-        assert env["LELASTIC_REDIS_URL"].startswith("redis://redis:")
+        assert env["LELASTIC_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+        assert env["LELASTIC_REDIS_URL"].endswith("@redis:6379/0")
+
+
+def test_compose_redis_requires_a_password_and_is_not_published(compose):
+    """Only the compose network reaches Redis, and even there a client needs the password."""
+    redis = compose["services"]["redis"]
+    words = command_words(redis["command"])
+    assert words[words.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert "ports" not in redis
 
 
 def test_compose_shares_the_data_volume_at_the_data_dir(compose):
@@ -159,11 +163,12 @@ def test_compose_worker_reserves_a_gpu(compose):
 
 def test_makefile_targets_and_torch_first():
     text = (ROOT / "Makefile").read_text()
-    for target in ("test", "demo", "up", "bench", "lint"):
+    for target in ("test", "test-fast", "demo", "up", "bench", "lint"):
         assert re.search(rf"^{target}:", text, re.M), target
     torch_at = text.index("pip install torch==")
     assert torch_at < text.index("pip install -e '.[dev]'")
     assert ".venv/bin/python -m pytest -q" in text.replace("$(PY)", ".venv/bin/python")
+    assert 'pytest -q -m "not slow"' in text, "make test-fast leaves the slow tests out"
 
 
 def test_ci_runs_make_test_strictly():

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,8 +19,7 @@ import pytest
 from service.api import auth
 from service.contract import logs, queue, records
 from service.contract.settings import Settings
-from tests.conftest import REPO_ROOT
-from tests.helpers import tiny_spec
+from tests.factories import REPO_ROOT, free_port, tiny_spec
 
 TINY_SPEC = tiny_spec(rows=20, width=16)
 
@@ -133,16 +131,10 @@ def test_a_job_on_a_real_worker_logs_json_lines_with_its_job_id_and_tenant(setti
 # ---------------------------------------------------------------------------------- real API
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_an_api_process_never_logs_api_keys_or_bodies(settings, tmp_path: Path):
     keys_file = tmp_path / "keys.txt"
     key = auth.create_key(keys_file, "alice")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "LELASTIC_REDIS_URL": str(settings.redis_url),

@@ -14,17 +14,22 @@ import os
 import signal
 import sys
 import time
+from types import FrameType
+from typing import Any
 
 import redis
-from rq import Worker
-from rq.job import Job, JobStatus
+from redis.client import Pipeline
+from rq import Queue, Worker
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from service.contract import queue as rq_glue
-from service.contract import records
+from service.contract import jobstate, records
+from service.contract.jobstate import JobStatus
 from service.contract.logs import configure_logging
-from service.contract.settings import Settings, get_settings
+from service.contract.settings import WorkerSettings, get_settings
 from service.contract.storage import DataDir
 
 log = logging.getLogger("lelastic.worker")
@@ -88,7 +93,7 @@ class LelasticWorker(Worker):
     #: Seconds between reconnection attempts once the backoff has grown (RQ: 60).
     max_connection_wait_time = 5.0
 
-    def __init__(self, *args, data_dir: DataDir | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, data_dir: DataDir | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.data_dir = data_dir
         self.shutdown_requested = False
@@ -119,9 +124,10 @@ class LelasticWorker(Worker):
         except _REDIS_DOWN as error:
             self.log.warning("Worker %s: heartbeat for job %s missed: %s", self.name, job.id, error)
 
-    def set_current_job_working_time(self, current_job_working_time: float, pipeline=None) -> None:
+    def set_current_job_working_time(self, current_job_working_time: float, pipeline: Pipeline | None = None) -> None:
         if pipeline is not None:
-            return super().set_current_job_working_time(current_job_working_time, pipeline=pipeline)
+            super().set_current_job_working_time(current_job_working_time, pipeline=pipeline)
+            return
         self.current_job_working_time = current_job_working_time
         try:
             super().set_current_job_working_time(current_job_working_time)
@@ -130,11 +136,11 @@ class LelasticWorker(Worker):
 
     # -- the work-horse -----------------------------------------------------------------------------
 
-    def fork_work_horse(self, job: Job, queue) -> None:
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
         self._parent_pid = os.getpid()
         super().fork_work_horse(job, queue)
 
-    def main_work_horse(self, job: Job, queue) -> None:
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
         # In the horse: die with the worker. A worker killed mid-job must not leave its horse running
         # on while the job is queued again elsewhere.
         if sys.platform.startswith("linux"):
@@ -144,7 +150,7 @@ class LelasticWorker(Worker):
                 os._exit(1)
         super().main_work_horse(job, queue)
 
-    def handle_work_horse_killed(self, job: Job, retpid, ret_val, rusage) -> None:
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int | None, rusage: Any) -> None:
         super().handle_work_horse_killed(job, retpid, ret_val, rusage)
         elapsed = (now() - job.started_at).total_seconds() if job.started_at else 0.0
         if job.timeout and job.timeout > 0 and elapsed > job.timeout:
@@ -156,7 +162,13 @@ class LelasticWorker(Worker):
             reason = f"worker lost: the work-horse process died ({_describe_wait_status(ret_val)})"
             self._horse_death = (job.id, reason, False)
 
-    def handle_job_failure(self, job: Job, queue, started_job_registry=None, exc_string="") -> None:
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+    ) -> None:
         if self._stopped_job_id == job.id:  # the horse is dead: before RQ calls the job stopped
             self._discard_canceled(job.id)
         super().handle_job_failure(job, queue, started_job_registry, exc_string)
@@ -166,11 +178,11 @@ class LelasticWorker(Worker):
         _, reason, _ = death
         try:
             status = job.get_status(refresh=True)
-            if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-                rq_glue.mark_requeued(self.connection, job.id, reason)
+            if status in (RQStatus.QUEUED, RQStatus.SCHEDULED):
+                jobstate.mark_requeued(self.connection, job.id, reason)
                 self.log.warning("Worker %s: job %s: %s; queued to run again", self.name, job.id, reason)
             else:
-                rq_glue.mark_failed(self.connection, job.id, reason)
+                jobstate.mark_failed(self.connection, job.id, reason)
                 self.log.warning("Worker %s: job %s failed: %s", self.name, job.id, reason)
         except _REDIS_DOWN as error:  # the API's reconcile covers it once Redis is back
             self.log.warning("Worker %s: could not record the end of job %s: %s", self.name, job.id, error)
@@ -182,17 +194,17 @@ class LelasticWorker(Worker):
             record = records.get_job(self.connection, job_id)
         except _REDIS_DOWN:
             return
-        if self.data_dir is not None and record is not None and record.status == "canceled":
+        if self.data_dir is not None and record is not None and record.status == JobStatus.CANCELED:
             self.data_dir.remove_job(job_id)
 
     # -- stopping -----------------------------------------------------------------------------------
 
-    def request_stop(self, signum, frame) -> None:
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.shutdown_requested = True
         super().request_stop(signum, frame)
 
 
-def make_worker(conn: redis.Redis, settings: Settings, queues: list[str] | None = None) -> LelasticWorker:
+def make_worker(conn: redis.Redis, settings: WorkerSettings, queues: list[str] | None = None) -> LelasticWorker:
     return LelasticWorker(
         queues or [settings.queue],
         connection=conn,
@@ -203,11 +215,11 @@ def make_worker(conn: redis.Redis, settings: Settings, queues: list[str] | None 
     )
 
 
-def _exit_on_signal(signum, frame) -> None:
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def run_worker(*, settings: Settings | None = None, queues: list[str] | None = None, burst: bool = False) -> bool:
+def run_worker(*, settings: WorkerSettings | None = None, queues: list[str] | None = None, burst: bool = False) -> bool:
     """Work jobs from `queues` (default: the configured queue). Returns whether any job was worked.
 
     RQ's work loop quits when it meets a Redis error outside its blocking dequeue (a server restart at

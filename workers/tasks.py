@@ -1,10 +1,10 @@
 """RQ entry point: `workers.tasks.run_job(job_id)`, enqueued by dotted name with the JSON serializer.
 
-It moves the job record queued → running → succeeded | failed, forwards progress to the record, the
-job's event stream and RQ's job meta, and turns every failure into a readable reason. It never lets an
-exception escape for a failure it can explain, so RQ's own bookkeeping stays "finished" while our
-record carries the real outcome; reconciliation in `service.contract.queue` covers the failures it cannot see
-(a killed work-horse, a lost worker).
+It moves the job record queued → running → succeeded | failed (through `service.contract.jobstate`),
+forwards progress to the record, the job's event stream and RQ's job meta, and turns every failure into
+a readable reason. It never lets an exception escape for a failure it can explain, so RQ's own
+bookkeeping stays "finished" while our record carries the real outcome; reconciliation in
+`service.contract.queue` covers the failures it cannot see (a killed work-horse, a lost worker).
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ import functools
 import logging
 import time
 import traceback
+from collections.abc import Callable
 
+import redis
 import torch
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from service.contract import logs, records
-from service.contract.settings import get_settings
+from service.contract import jobstate, keys, logs, records
+from service.contract.jobstate import JobStatus
+from service.contract.settings import WorkerSettings, get_settings
 from service.contract.spec import JobSpec
 from service.contract.storage import DataDir
 from workers.errors import JobCanceled, JobFailure
@@ -35,9 +38,10 @@ PROGRESS_INTERVAL = 0.5
 class ProgressWriter:
     """Writes progress to Redis at most every PROGRESS_INTERVAL s (always on a new stage)."""
 
-    def __init__(self, conn, job_id: str) -> None:
+    def __init__(self, conn: redis.Redis, job_id: str) -> None:
         self.conn, self.job_id = conn, job_id
-        self.last_time, self.last_stage = 0.0, None
+        self.last_time = 0.0
+        self.last_stage: str | None = None
         self.rq_job = get_current_job()
 
     def __call__(self, fraction: float, stage: str, message: str) -> None:
@@ -46,7 +50,7 @@ class ProgressWriter:
             return
         self.last_time, self.last_stage = now, stage
         record = records.get_job(self.conn, self.job_id)
-        if record is None or record.status != "running":
+        if record is None or record.status != JobStatus.RUNNING:
             raise JobCanceled(f"job is {record.status if record else 'gone'}; stopping")
         records.set_progress(self.conn, self.job_id, fraction=fraction, stage=stage, message=message)
         if self.rq_job is not None:
@@ -54,7 +58,13 @@ class ProgressWriter:
             self.rq_job.save_meta()
 
 
-def _with_job_logging(task):
+def _connect(settings: WorkerSettings) -> redis.Redis:
+    if not settings.redis_url:
+        raise RuntimeError("LELASTIC_REDIS_URL is not set: the worker needs the Redis/Valkey server's URL")
+    return records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+
+
+def _with_job_logging(task: Callable[[str], str]) -> Callable[[str], str]:
     """Bind the job's id and tenant to every log record of the task; log its start and end."""
 
     @functools.wraps(task)
@@ -64,10 +74,9 @@ def _with_job_logging(task):
             logs.configure_logging(settings)
         tenant = None
         with contextlib.suppress(Exception):  # the task itself reports a missing record or a lost server
-            conn = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
-            with conn:
-                raw = conn.hget(records.job_key(job_id), "tenant")
-            tenant = raw.decode() if raw is not None else None
+            with _connect(settings) as conn:
+                raw = conn.hget(keys.job(job_id), "tenant")
+            tenant = records.text(raw) if raw is not None else None
         with logs.job_context(job_id, tenant):
             started = time.monotonic()
             log.info("job started")
@@ -91,19 +100,19 @@ def _with_job_logging(task):
 def run_job(job_id: str) -> str:
     """Run lelastic job `job_id`; returns its final status."""
     settings = get_settings()
-    conn = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
-    started, before = records.transition(
-        conn, job_id, "running", allowed_from=("queued", "running"), fields={"started_at": records.now(), "error": ""}
-    )
-    if not started:
-        log.info("job %s is %s; not running it", job_id, before)
-        return before or "missing"
+    conn = _connect(settings)
+    started = jobstate.mark_running(conn, job_id)
+    if not started.done:
+        log.info("job %s is %s; not running it", job_id, started.before)
+        return started.before or "missing"
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     data_dir = DataDir(settings.data_dir)
     job_dir = data_dir.job_dir(job_id)
     try:
         record = records.get_job(conn, job_id)
+        if record is None:
+            raise JobCanceled("job is gone; stopping")
         spec = JobSpec.model_validate(record.spec)
         result = run_pipeline(
             spec,
@@ -112,21 +121,15 @@ def run_job(job_id: str) -> str:
             device_setting=settings.device,
             report=ProgressWriter(conn, job_id),
         )
-        done, now_status = records.transition(
-            conn,
-            job_id,
-            "succeeded",
-            allowed_from=("running",),
-            fields={"result": result, "finished_at": records.now()},
-        )
-        if not done:
+        succeeded = jobstate.mark_succeeded(conn, job_id, result)
+        if not succeeded.done:
             _discard(conn, data_dir, job_id)
-            return now_status or "missing"
+            return succeeded.before or "missing"
         log.info("job %s succeeded in %.1f s", job_id, result["timings"]["total_seconds"])
-        return "succeeded"
+        return JobStatus.SUCCEEDED
     except JobCanceled:
         _discard(conn, data_dir, job_id)
-        return "canceled"
+        return JobStatus.CANCELED
     except JobTimeoutException:
         return _fail(
             conn, data_dir, job_id, f"timeout: the job ran past the job time limit of {settings.job_timeout} s"
@@ -144,18 +147,16 @@ def run_job(job_id: str) -> str:
         return _fail(conn, data_dir, job_id, f"internal error: {type(error).__name__}: {error}")
 
 
-def _discard(conn, data_dir: DataDir, job_id: str) -> None:
+def _discard(conn: redis.Redis, data_dir: DataDir, job_id: str) -> None:
     """Remove this run's artifacts, unless another run of the same job (a retry after its worker was
     thought lost) has already succeeded with them: a failed or canceled job never has artifacts."""
     record = records.get_job(conn, job_id)
-    if record is None or record.status != "succeeded":
+    if record is None or record.status != JobStatus.SUCCEEDED:
         data_dir.remove_job(job_id)
 
 
-def _fail(conn, data_dir: DataDir, job_id: str, reason: str) -> str:
+def _fail(conn: redis.Redis, data_dir: DataDir, job_id: str, reason: str) -> str:
     _discard(conn, data_dir, job_id)
-    records.transition(
-        conn, job_id, "failed", allowed_from=("running",), fields={"error": reason, "finished_at": records.now()}
-    )
+    jobstate.mark_failed(conn, job_id, reason, expected={JobStatus.RUNNING})
     log.warning("job %s failed: %s", job_id, reason)
-    return "failed"
+    return JobStatus.FAILED

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from service.api import limits, retention
+from service.api import limits, requestlog, retention
 from service.api.errors import install_error_handlers
 from service.api.routes import datasets, health, jobs, metrics
 from service.api.schemas import ErrorOut
@@ -61,9 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.http_metrics = metrics.HttpMetrics()
     app.add_middleware(metrics.HttpMetricsMiddleware, http_metrics=app.state.http_metrics)
     install_error_handlers(app)
-    app.add_middleware(logs.RequestContextMiddleware, settings=app.state.settings)  # outermost: request ids
+    app.add_middleware(requestlog.RequestContextMiddleware, settings=app.state.settings)  # outermost: request ids
     # /v1 is rate limited per tenant; health, metrics and the docs are not.
-    too_many = {429: {"model": ErrorOut, "description": "Too many requests this minute; see Retry-After."}}
+    too_many: dict[int | str, dict[str, Any]] = {
+        429: {"model": ErrorOut, "description": "Too many requests this minute; see Retry-After."}
+    }
     for router in (datasets.router, jobs.router):
         app.include_router(router, dependencies=[Depends(limits.rate_limit)], responses=too_many)
     for router in (health.router, metrics.router):

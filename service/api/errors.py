@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Self
 
 import redis
 from fastapi import FastAPI, Request
@@ -35,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("lelastic.api")
 
-Loc = list[str | int]
+Loc = Sequence[str | int]
 
 
 def issue(loc: Loc, msg: str, value: Any = None) -> dict[str, Any]:
@@ -62,7 +63,7 @@ class ServiceError(Exception):
         self.headers = {**type(self).headers, **(headers or {})}
 
     @classmethod
-    def at(cls, loc: Loc, msg: str, value: Any = None, **extra: Any) -> ServiceError:
+    def at(cls, loc: Loc, msg: str, value: Any = None, **extra: Any) -> Self:
         """The error with a single entry (`extra` goes beside `detail` in the body)."""
         return cls([issue(loc, msg, value)], extra=extra)
 
@@ -108,16 +109,23 @@ class Unavailable(ServiceError):
     status_code = 503
 
 
+def replace_non_finite(value: Any, replacement: Callable[[float], Any]) -> Any:
+    """`value` with every NaN/±Inf float, at any depth of its lists and dicts, replaced by `replacement(number)`.
+
+    JSON has no such numbers: error bodies spell them out (`repr`), results send them as null.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return replacement(value)
+    if isinstance(value, list):
+        return [replace_non_finite(v, replacement) for v in value]
+    if isinstance(value, dict):
+        return {k: replace_non_finite(v, replacement) for k, v in value.items()}
+    return value
+
+
 def json_safe(value: Any) -> Any:
     """`value` made JSON-encodable: NaN/±Inf become the strings "nan"/"inf"/"-inf"."""
-    value = jsonable_encoder(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    return value
+    return replace_non_finite(jsonable_encoder(value), repr)
 
 
 def error_response(status_code: int, issues: list[dict[str, Any]], **extra: Any) -> JSONResponse:

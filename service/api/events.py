@@ -1,6 +1,6 @@
 """Server-Sent Events of a job: its progress and status stream, resumable with Last-Event-ID.
 
-Each SSE event is one entry of the job's Redis stream (`records.events_key`)::
+Each SSE event is one entry of the job's Redis stream (`keys.job_events`)::
 
     id: 1718000000000-0
     event: progress | status
@@ -18,12 +18,14 @@ import re
 import time
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 import anyio
 import redis
 from fastapi.sse import ServerSentEvent
 
 from service.contract import queue, records
+from service.contract.jobstate import FINAL
 
 BLOCK_MS = 1000
 RECONCILE_SECONDS = 5.0
@@ -41,7 +43,7 @@ def _final_status(conn: redis.Redis, job_id: str) -> tuple[bool, records.JobReco
     if record is None:
         return True, None
     record = queue.reconcile(conn, record)
-    return record.status in records.FINAL_STATUSES, record
+    return record.status in FINAL, record
 
 
 async def job_events(conn: redis.Redis, job_id: str, *, after: str = "0-0") -> AsyncIterator[ServerSentEvent]:
@@ -73,17 +75,17 @@ async def job_events(conn: redis.Redis, job_id: str, *, after: str = "0-0") -> A
                 return
 
 
-def _sse(event: tuple[str, str, dict]) -> ServerSentEvent:
+def _sse(event: tuple[str, str, dict[str, Any]]) -> ServerSentEvent:
     event_id, name, data = event
     return ServerSentEvent(id=event_id, event=name, data=data)
 
 
-def _is_final(event: tuple[str, str, dict]) -> bool:
-    return event[1] == "status" and event[2].get("status") in records.FINAL_STATUSES
+def _is_final(event: tuple[str, str, dict[str, Any]]) -> bool:
+    return event[1] == "status" and event[2].get("status") in FINAL
 
 
 def _status_data(record: records.JobRecord) -> dict[str, str]:
-    data = {"status": record.status}
+    data = {"status": record.status.value}
     if record.error:
         data["error"] = record.error
     return data

@@ -10,10 +10,10 @@ second one:
 Keys are scoped by tenant and route. The body's fingerprint is the SHA-256 of the JSON body, or for an
 upload of the file bytes, its name and the form fields (computed while the upload streams in).
 
-Redis: `lelastic:idempotency:<tenant>:<route>:<sha256 of the key>` holds `<token> <JSON>`. A request
-claims a key with SET NX (state "in-progress", a TTL of IN_PROGRESS_TTL in case it dies), creates the
-resource, then stores a reference to the response (status, resource id, location, original body) for
-STORE_TTL. A request that fails releases its claim, so the key can be used again.
+Redis: `keys.idempotency(tenant, route, key)` (the key hashed) holds `<token> <JSON>`. A request claims
+a key with SET NX (state "in-progress", a TTL of IN_PROGRESS_TTL in case it dies), creates the resource,
+then stores a reference to the response (status, resource id, location, original body) for STORE_TTL.
+A request that fails releases its claim, so the key can be used again.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Annotated, Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Protocol, TypeVar
 
 import redis
 from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
 
 from service.api.errors import Conflict, InvalidInput
-from service.contract import records
+from service.contract import keys
 
 HEADER = "Idempotency-Key"
 KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")
@@ -85,10 +87,6 @@ def upload_fingerprint(file_sha256: str, filename: str, fields: dict[str, str]) 
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def redis_key(tenant: str, route: str, key: str) -> str:
-    return f"{records.PREFIX}idempotency:{tenant}:{route}:{hashlib.sha256(key.encode()).hexdigest()}"
-
-
 @dataclass
 class Stored:
     """The response a completed request with this key gave."""
@@ -97,6 +95,18 @@ class Stored:
     resource_id: str
     location: str | None
     body: dict[str, Any]
+
+    def with_current(self, body: dict[str, Any] | None) -> Stored:
+        """This response with the resource as it is now; the original body once the resource is gone (None)."""
+        return self if body is None else replace(self, body=body)
+
+
+def replayed(stored: Stored) -> JSONResponse:
+    """The response to a retry: the stored status, body and Location, marked `Idempotent-Replayed: true`."""
+    headers = {"Idempotent-Replayed": "true"}
+    if stored.location:
+        headers["Location"] = stored.location
+    return JSONResponse(stored.body, status_code=stored.status_code, headers=headers)
 
 
 # KEYS[1]: the key. ARGV[1]: our token, ARGV[2]: new value or '' to delete, ARGV[3]: TTL.
@@ -135,9 +145,10 @@ class Claim:
         self.conn.eval(_IF_OURS, 1, self.key, self.token, "", 0)
 
 
-def _parse(raw: bytes) -> dict[str, Any]:
-    _, _, state = raw.decode().partition(" ")
-    return json.loads(state)
+def _parse(raw: bytes | str) -> dict[str, Any]:
+    _, _, state = (raw.decode() if isinstance(raw, bytes) else raw).partition(" ")
+    parsed: dict[str, Any] = json.loads(state)
+    return parsed
 
 
 def begin(
@@ -156,7 +167,7 @@ def begin(
     a thread.
     """
     wait = WAIT_SECONDS if wait is None else wait
-    name = redis_key(tenant, route, key)
+    name = keys.idempotency(tenant, route, key)
     token = uuid.uuid4().hex
     claim_value = f"{token} {json.dumps({'state': 'in-progress', 'fingerprint': fingerprint})}"
     deadline = time.monotonic() + wait
@@ -188,3 +199,47 @@ def begin(
                 headers={"Retry-After": "1"},
             )
         time.sleep(POLL_SECONDS)
+
+
+class Resource(Protocol):
+    """What a POST creates: a response model with an id."""
+
+    @property
+    def id(self) -> str: ...
+
+    def model_dump(self, *, mode: str) -> dict[str, Any]: ...
+
+
+ResourceT = TypeVar("ResourceT", bound=Resource)
+
+
+def create_once(
+    conn: redis.Redis,
+    *,
+    tenant: str,
+    route: str,
+    key: str | None,
+    fingerprint: str | None,
+    status_code: int,
+    create: Callable[[], ResourceT],
+    location: Callable[[str], str],
+    current: Callable[[str], dict[str, Any] | None],
+) -> ResourceT | Stored:
+    """`create()`, at most once per key: without a key it simply runs.
+
+    With a key, a retry gets the Stored response of the first request, refreshed with `current(id)`
+    (the resource as it is now, None once it is gone). A failed `create` releases the key. Blocking:
+    call it from a thread.
+    """
+    if key is None or fingerprint is None:
+        return create()
+    outcome = begin(conn, tenant=tenant, route=route, key=key, fingerprint=fingerprint)
+    if isinstance(outcome, Stored):
+        return outcome.with_current(current(outcome.resource_id))
+    try:
+        resource = create()
+    except BaseException:
+        outcome.release()
+        raise
+    outcome.complete(status_code, resource.id, location(resource.id), resource.model_dump(mode="json"))
+    return resource

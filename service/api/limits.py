@@ -4,27 +4,28 @@
     active jobs        a tenant's queued + running jobs < max_active_jobs, else 429 + Retry-After
     request rate       rate_limit_per_minute per tenant on /v1, else 429 + Retry-After
 
-Redis keys (prefix `lelastic:`)::
+Redis keys (`service.contract.keys`)::
 
-    active:<tenant>          sorted set: job id -> time its record was created, or minus the time it
+    active_jobs(tenant)      sorted set: job id -> time its record was created, or minus the time it
                              was admitted while the record is being created. Pruned of jobs that are
                              final or gone whenever it is counted, so it stays right even if no worker
                              ever touches it (a member not created yet counts for a grace period).
-    rate:<tenant>:<window>   request counter of one fixed one-minute window (expires after two)
+    rate(tenant, window)     request counter of one fixed one-minute window (expires after two)
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 from fastapi import Depends
 
 from service.api.deps import RedisDep, SettingsDep, TenantDep
 from service.api.errors import InvalidInput, TooManyRequests, issue
-from service.contract import queue, records
+from service.contract import keys, queue, records
+from service.contract.jobstate import ACTIVE
 from service.contract.settings import Settings
 
 RATE_WINDOW_SECONDS = 60
@@ -44,7 +45,9 @@ def exceeds(what: str, value: int, setting: str, limit: int, unit: str = "") -> 
     return f"{what} = {value}{unit} exceeds {setting} = {limit}{unit} ({env_name(setting)})"
 
 
-def limit_issue(loc: list[str | int], what: str, value: int, setting: str, limit: int, unit: str = "") -> dict:
+def limit_issue(
+    loc: list[str | int], what: str, value: int, setting: str, limit: int, unit: str = ""
+) -> dict[str, Any]:
     """An error entry for a value over a limit; `ctx` carries the limit for programs."""
     entry = issue(loc, exceeds(what, value, setting, limit, unit), value)
     entry["ctx"] = {"limit": setting, "allowed": limit, "env": env_name(setting)}
@@ -76,22 +79,21 @@ def check_dataset(shape: tuple[int, ...] | list[int], settings: Settings) -> Non
 # -------------------------------------------------------------------------------- active jobs
 
 
-def active_key(tenant: str) -> str:
-    return f"{records.PREFIX}active:{tenant}"
-
-
-# KEYS[1]: the tenant's active set. ARGV: job id, now, max_active_jobs, grace seconds, job key prefix.
+# KEYS[1]: the tenant's active set. ARGV: job id, now, max_active_jobs, grace seconds, job key prefix,
+# then the active statuses.
 # Prunes members that are final or gone (a missing record with a negative score is being created),
 # then adds the job (score -now) when fewer than the limit remain.
 # Returns -1 when admitted, else the number of active jobs.
 _ADMIT = """
 local now = tonumber(ARGV[2])
 local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local active = {}
+for i = 6, #ARGV do active[ARGV[i]] = true end
 local count = 0
 for i = 1, #members, 2 do
   local status = redis.call('HGET', ARGV[5] .. members[i], 'status')
   local score = tonumber(members[i + 1])
-  if status == 'queued' or status == 'running' then
+  if status and active[status] then
     count = count + 1
   elseif (not status) and score < 0 and now + score < tonumber(ARGV[4]) then
     count = count + 1
@@ -106,15 +108,24 @@ return -1
 
 
 def _try_admit(conn: redis.Redis, tenant: str, job_id: str, limit: int) -> int:
-    args = [job_id, repr(time.time()), limit, CREATING_GRACE_SECONDS, records.job_key("")]
-    return int(conn.eval(_ADMIT, 1, active_key(tenant), *args))
+    job_key_prefix = keys.job("")
+    args = [
+        job_id,
+        repr(time.time()),
+        limit,
+        CREATING_GRACE_SECONDS,
+        job_key_prefix,
+        *(status.value for status in ACTIVE),
+    ]
+    return int(conn.eval(_ADMIT, 1, keys.active_jobs(tenant), *args))
 
 
 def _reconcile_active(conn: redis.Redis, tenant: str) -> None:
     """Let RQ's view end jobs whose worker died without saying so (they then stop counting)."""
-    for member in conn.zrange(active_key(tenant), 0, -1):
-        record = records.get_job(conn, member.decode())
-        if record is not None and record.status in ("queued", "running"):
+    members: list[bytes] = cast(Any, conn.zrange(keys.active_jobs(tenant), 0, -1))
+    for member in members:
+        record = records.get_job(conn, records.text(member))
+        if record is not None and record.status in ACTIVE:
             queue.reconcile(conn, record)
 
 
@@ -138,26 +149,22 @@ def admit_job(conn: redis.Redis, settings: Settings, tenant: str, job_id: str) -
 
 def confirm_job(conn: redis.Redis, tenant: str, job_id: str) -> None:
     """The admitted job's record exists now: from here on a missing record means the job is gone."""
-    conn.zadd(active_key(tenant), {job_id: time.time()}, xx=True)
+    conn.zadd(keys.active_jobs(tenant), {job_id: time.time()}, xx=True)
 
 
 def release_job(conn: redis.Redis, tenant: str, job_id: str) -> None:
     """Stop counting a job that was admitted but never created."""
-    conn.zrem(active_key(tenant), job_id)
+    conn.zrem(keys.active_jobs(tenant), job_id)
 
 
 # -------------------------------------------------------------------------------- rate
-
-
-def rate_key(tenant: str, window: int) -> str:
-    return f"{records.PREFIX}rate:{tenant}:{window}"
 
 
 def count_request(conn: redis.Redis, tenant: str, limit: int, *, now: float | None = None) -> None:
     """Count one request in the tenant's current one-minute window; TooManyRequests past `limit`."""
     now = time.time() if now is None else now
     window = int(now // RATE_WINDOW_SECONDS)
-    key = rate_key(tenant, window)
+    key = keys.rate(tenant, window)
     pipe = conn.pipeline()
     pipe.incr(key)
     pipe.expire(key, 2 * RATE_WINDOW_SECONDS)

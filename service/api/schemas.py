@@ -6,13 +6,28 @@ Families: `XOut` is one resource, `XsOut` a list `{data, count}`. Timestamps are
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.contract.jobstate import JobStatus
+from service.contract.records import JobRecord
 from service.contract.spec import EXAMPLE_SPEC
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+if TYPE_CHECKING:
+    JobStatusValue = JobStatus
+else:
+    #: A job status in a model or query: validated to a `JobStatus`, its schema the values inline
+    #: (`{"enum": ["queued", ...], "type": "string"}`) rather than a reference to an enum schema.
+    JobStatusValue = Literal[tuple(JobStatus)]
+
+
+@overload
+def utc(timestamp: float) -> datetime: ...
+
+
+@overload
+def utc(timestamp: None) -> None: ...
 
 
 def utc(timestamp: float | None) -> datetime | None:
@@ -130,7 +145,7 @@ class JobOut(BaseModel):
     )
 
     id: str
-    status: JobStatus
+    status: JobStatusValue
     progress: Progress
     created_at: datetime
     started_at: datetime | None = None
@@ -139,7 +154,7 @@ class JobOut(BaseModel):
     spec: dict[str, Any] = Field(description="The job spec with every default filled in.")
 
     @classmethod
-    def from_record(cls, record: Any) -> JobOut:
+    def from_record(cls, record: JobRecord) -> JobOut:
         progress = {"fraction": 0.0, "stage": "", "message": "", **(record.progress or {})}
         return cls(
             id=record.id,

@@ -2,7 +2,8 @@
 
 pydantic (service.contract.spec) already checked each field on its own; here we check what needs the stored
 dataset: labels that exist, indices in range, selections that do not overlap, enough examples for the
-clustering, uploaded weights that fit the model, a CNN that fits the examples, and the service's
+clustering, uploaded weights that fit the model, an architecture whose input rule fits the examples
+(the cnn's image shapes, service.contract.architectures), and the service's
 limits (examples, parameters, epochs, clusters, matrix bytes). All problems are collected and raised
 together as one `InvalidInput` (422), each naming its field.
 """
@@ -20,6 +21,7 @@ from service.api import limits
 from service.api.errors import InvalidInput, issue
 from service.contract import records
 from service.contract import spec as job_spec
+from service.contract.architectures import ARCHITECTURES, alternatives_phrase, architecture_of
 from service.contract.settings import Settings
 from service.contract.storage import DataDir
 
@@ -58,12 +60,12 @@ def dataset_facts(
             "GET /v1/datasets or a builtin such as {'builtin': 'digits'}",
             dataset,
         )
-    counts = record.get("class_counts")
+    stored_counts = record.get("class_counts")
     return DatasetFacts(
         n=record["n"],
         shape=record["shape"],
         classes=record.get("classes"),
-        class_counts={int(k): v for k, v in counts.items()} if counts else None,
+        class_counts={int(k): v for k, v in stored_counts.items()} if stored_counts else None,
         labels_path=data_dir.dataset_file(dataset) if record.get("has_labels") else None,
     )
 
@@ -108,7 +110,7 @@ def _selected_rows(selection: job_spec.Selection, facts: DatasetFacts) -> set[in
         return None
     with np.load(facts.labels_path, allow_pickle=False) as archive:
         y = archive["y"]
-    return set(np.flatnonzero(np.isin(y, selection.labels)).tolist())
+    return set(np.flatnonzero(np.isin(y, selection.labels or [])).tolist())
 
 
 def _size(selection: job_spec.Selection | None, facts: DatasetFacts) -> int | None:
@@ -181,17 +183,21 @@ def _overlap_and_size_issues(spec: job_spec.JobSpec, facts: DatasetFacts) -> lis
 
 
 def _model_issues(spec: job_spec.JobSpec, facts: DatasetFacts) -> list[dict[str, Any]]:
-    if spec.model.arch == "cnn":
-        try:
-            job_spec.cnn_geometry(facts.shape)
-        except ValueError as exc:
-            return [
-                issue(
-                    ["body", "model", "arch"],
-                    f"{exc}; use arch 'mlp', 'linear' or 'resmlp' for this dataset",
-                    "cnn",
-                )
-            ]
+    """The architecture's input rule (the registry's check_input_shape) against the dataset's shape."""
+    check_input_shape = architecture_of(spec.model).check_input_shape
+    if check_input_shape is None:
+        return []
+    try:
+        check_input_shape(facts.shape)
+    except ValueError as exc:
+        any_shape = [entry.name for entry in ARCHITECTURES.values() if entry.check_input_shape is None]
+        return [
+            issue(
+                ["body", "model", "arch"],
+                f"{exc}; use arch {alternatives_phrase(any_shape)} for this dataset",
+                spec.model.arch,
+            )
+        ]
     return []
 
 

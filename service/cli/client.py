@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-log = logging.getLogger("lelastic.client")
+from service.contract.jobstate import FINAL
 
-FINAL_STATUSES = ("succeeded", "failed", "canceled")
+log = logging.getLogger("lelastic.client")
 
 
 class ApiError(RuntimeError):
@@ -65,23 +65,28 @@ class Client:
             raise ApiError(response)
         return response
 
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        """The JSON object of a successful answer (ApiError otherwise)."""
+        body: dict[str, Any] = self._check(response).json()
+        return body
+
     def upload_dataset(self, path: Path) -> dict[str, Any]:
         """POST /v1/datasets with the file as multipart field `file`; returns the dataset record."""
         with open(path, "rb") as handle:
-            return self._check(self.http.post("/v1/datasets", files={"file": (path.name, handle)})).json()
+            return self._json(self.http.post("/v1/datasets", files={"file": (path.name, handle)}))
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/jobs; returns the job record (with its `id`)."""
-        return self._check(self.http.post("/v1/jobs", json=spec)).json()
+        return self._json(self.http.post("/v1/jobs", json=spec))
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self._check(self.http.get(f"/v1/jobs/{job_id}")).json()
+        return self._json(self.http.get(f"/v1/jobs/{job_id}"))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._check(self.http.delete(f"/v1/jobs/{job_id}")).json()
+        return self._json(self.http.delete(f"/v1/jobs/{job_id}"))
 
     def result(self, job_id: str) -> dict[str, Any]:
-        return self._check(self.http.get(f"/v1/jobs/{job_id}/result")).json()
+        return self._json(self.http.get(f"/v1/jobs/{job_id}/result"))
 
     def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[tuple[str | None, str, Any]]:
         """The job's server-sent events as (id, event name, decoded data), until the server closes."""
@@ -114,14 +119,14 @@ class Client:
                     last_id = event_id or last_id
                     if name == "progress" and on_progress is not None and isinstance(data, dict):
                         on_progress(data)
-                    if name == "status" and isinstance(data, dict) and data.get("status") in FINAL_STATUSES:
+                    if name == "status" and isinstance(data, dict) and data.get("status") in FINAL:
                         return self.job(job_id)
                     if deadline is not None and time.monotonic() > deadline:
                         raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
             except httpx.TransportError as exc:
                 log.warning("event stream of job %s dropped (%s); resuming", job_id, exc)
             record = self.job(job_id)
-            if record.get("status") in FINAL_STATUSES:
+            if record.get("status") in FINAL:
                 return record
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
@@ -217,3 +222,12 @@ class ProgressBar:
             self.stream.write("\n")
             self.stream.flush()
             self._last = ""
+
+
+def follow_with_progress(client: Client, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+    """Follow a job to its final status with a progress bar on stderr; returns its final record."""
+    bar = ProgressBar()
+    try:
+        return client.follow(job_id, on_progress=bar, timeout=timeout)
+    finally:
+        bar.done()

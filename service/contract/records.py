@@ -1,17 +1,7 @@
-"""Job and dataset records in Redis: the one place that names Redis keys and moves job states.
+"""Job and upload records in Redis: create, read, list and delete them; job progress and events.
 
-Keys (prefix `lelastic:`)::
-
-    job:<id>                 hash: id, tenant, spec (JSON), status, created_at, started_at, finished_at,
-                             error, progress (JSON {fraction, stage, message}), result (JSON)
-    job:<id>:events          stream of {"event": "progress" | "status", "data": JSON}; its entry ids are
-                             the SSE event ids, so a client resumes with Last-Event-ID
-    jobs:<tenant>            sorted set of job ids by creation time (listing, cursor pagination)
-    dataset:<id>             hash: id, tenant, kind ("dataset" | "weights"), name, meta (JSON), created_at
-    datasets:<tenant>        sorted set of dataset ids by creation time
-
-The RQ job that runs a lelastic job has the same id. Status moves only through `transition`, an atomic
-compare-and-set, so a cancel racing a completion ends in exactly one final state.
+Key names come from `service.contract.keys`; a job's status moves only through
+`service.contract.jobstate`. The RQ job that runs a lelastic job has the same id.
 """
 
 from __future__ import annotations
@@ -19,15 +9,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
-PREFIX = "lelastic:"
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-FINAL_STATUSES = ("succeeded", "failed", "canceled")
-EVENTS_MAXLEN = 1000
+from service.contract import keys
+from service.contract.jobstate import JobStatus, mark_created
+
 DEFAULT_TENANT = "default"
 
 
@@ -47,32 +38,22 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}"
-
-
-def events_key(job_id: str) -> str:
-    return f"{PREFIX}job:{job_id}:events"
-
-
-def jobs_index_key(tenant: str) -> str:
-    return f"{PREFIX}jobs:{tenant}"
-
-
-def dataset_key(dataset_id: str) -> str:
-    return f"{PREFIX}dataset:{dataset_id}"
-
-
-def datasets_index_key(tenant: str) -> str:
-    return f"{PREFIX}datasets:{tenant}"
-
-
 def now() -> float:
     return time.time()
 
 
-def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in raw.items()}
+def text(value: bytes | str) -> str:
+    """A Redis reply value as text (the client returns bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _hash_fields(fields: Mapping[str, str]) -> dict[FieldT, EncodableT]:
+    """`fields` typed as redis-py's HSET mapping."""
+    return {name: value for name, value in fields.items()}
+
+
+def _decode(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 # --------------------------------------------------------------------------------------------- jobs
@@ -83,7 +64,7 @@ class JobRecord:
     id: str
     tenant: str
     spec: dict[str, Any]
-    status: str
+    status: JobStatus
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -100,7 +81,7 @@ class JobRecord:
             id=fields["id"],
             tenant=fields.get("tenant", DEFAULT_TENANT),
             spec=json.loads(fields["spec"]),
-            status=fields["status"],
+            status=JobStatus(fields["status"]),
             created_at=float(fields["created_at"]),
             started_at=number("started_at"),
             finished_at=number("finished_at"),
@@ -113,7 +94,7 @@ class JobRecord:
 def create_job(
     conn: redis.Redis, *, spec: dict[str, Any], tenant: str = DEFAULT_TENANT, job_id: str | None = None
 ) -> JobRecord:
-    """Store a new job record with status `queued` (the caller enqueues it)."""
+    """Store a new job record, status `queued` (the caller enqueues it)."""
     job_id = job_id or new_id()
     created = now()
     progress = {"fraction": 0.0, "stage": "queued", "message": "waiting for a worker"}
@@ -121,83 +102,30 @@ def create_job(
         "id": job_id,
         "tenant": tenant,
         "spec": json.dumps(spec),
-        "status": "queued",
         "created_at": repr(created),
         "progress": json.dumps(progress),
     }
     pipe = conn.pipeline()
-    pipe.hset(job_key(job_id), mapping=fields)
-    pipe.zadd(jobs_index_key(tenant), {job_id: created})
-    pipe.xadd(events_key(job_id), {"event": "status", "data": json.dumps({"status": "queued"})}, maxlen=EVENTS_MAXLEN)
+    pipe.hset(keys.job(job_id), mapping=_hash_fields(fields))
+    mark_created(pipe, job_id)
+    pipe.zadd(keys.jobs_index(tenant), {job_id: created})
     pipe.execute()
-    return JobRecord.from_hash(fields)
+    return JobRecord.from_hash(fields | {"status": JobStatus.QUEUED.value})
 
 
 def get_job(conn: redis.Redis, job_id: str) -> JobRecord | None:
-    raw = conn.hgetall(job_key(job_id))
+    raw = conn.hgetall(keys.job(job_id))
     return JobRecord.from_hash(_decode(raw)) if raw else None
-
-
-# Atomic compare-and-set of a job's status. KEYS: job hash, events stream.
-# ARGV: new status, maxlen, event JSON, then allowed old statuses, then "--", then field/value pairs.
-_TRANSITION = """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return nil end
-local i = 4
-local allowed = false
-while ARGV[i] ~= '--' do
-  if ARGV[i] == current then allowed = true end
-  i = i + 1
-end
-if not allowed then return current end
-redis.call('HSET', KEYS[1], 'status', ARGV[1])
-i = i + 1
-while ARGV[i] do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', 'status', 'data', ARGV[3])
-return 'OK'
-"""
-
-
-def transition(
-    conn: redis.Redis,
-    job_id: str,
-    to: str,
-    *,
-    allowed_from: tuple[str, ...],
-    fields: dict[str, Any] | None = None,
-) -> tuple[bool, str | None]:
-    """Set the job's status to `to` if it is now one of `allowed_from`, with extra hash fields.
-
-    Returns (done, status before). (False, None) when the job does not exist.
-    """
-    assert to in STATUSES
-    extra: dict[str, str] = {}
-    for name, value in (fields or {}).items():
-        extra[name] = (
-            value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict | list) else repr(value)
-        )
-    event = {"status": to}
-    if "error" in extra:
-        event["error"] = extra["error"]
-    args: list[str] = [to, str(EVENTS_MAXLEN), json.dumps(event), *allowed_from, "--"]
-    for name, value in extra.items():
-        args += [name, value]
-    reply = conn.eval(_TRANSITION, 2, job_key(job_id), events_key(job_id), *args)
-    if reply is None:
-        return False, None
-    reply = reply.decode() if isinstance(reply, bytes) else reply
-    return (True, None) if reply == "OK" else (False, reply)
 
 
 def set_progress(conn: redis.Redis, job_id: str, *, fraction: float, stage: str, message: str = "") -> None:
     """Record progress (0 ≤ fraction ≤ 1) and publish it on the job's event stream."""
     progress = json.dumps({"fraction": round(max(0.0, min(1.0, fraction)), 4), "stage": stage, "message": message})
     pipe = conn.pipeline()
-    pipe.hset(job_key(job_id), "progress", progress)
-    pipe.xadd(events_key(job_id), {"event": "progress", "data": progress}, maxlen=EVENTS_MAXLEN, approximate=True)
+    pipe.hset(keys.job(job_id), "progress", progress)
+    pipe.xadd(
+        keys.job_events(job_id), {"event": "progress", "data": progress}, maxlen=keys.EVENTS_MAXLEN, approximate=True
+    )
     pipe.execute()
 
 
@@ -205,15 +133,16 @@ def read_events(
     conn: redis.Redis, job_id: str, *, after: str = "0-0", block_ms: int | None = None
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """Events after stream id `after`: a list of (event id, event name, data)."""
+    entries: list[tuple[bytes, dict[bytes | str, bytes | str]]]
     if block_ms is None:
-        entries = conn.xrange(events_key(job_id), min=f"({after}" if after != "0-0" else "-")
+        entries = cast(Any, conn.xrange(keys.job_events(job_id), min=f"({after}" if after != "0-0" else "-"))
     else:
-        reply = conn.xread({events_key(job_id): after}, block=block_ms)
+        reply: Any = conn.xread({keys.job_events(job_id): after}, block=block_ms)
         entries = reply[0][1] if reply else []
     out = []
-    for entry_id, fields in entries:
-        f = _decode(fields)
-        out.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id, f["event"], json.loads(f["data"])))
+    for entry_id, raw in entries:
+        fields = _decode(raw)
+        out.append((text(entry_id), fields["event"], json.loads(fields["data"])))
     return out
 
 
@@ -221,21 +150,23 @@ def list_jobs(
     conn: redis.Redis,
     *,
     tenant: str = DEFAULT_TENANT,
-    status: str | None = None,
+    status: JobStatus | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[JobRecord], str | None]:
     """Jobs newest first. `cursor` is the opaque `next_cursor` of the previous page."""
-    index = jobs_index_key(tenant)
+    index = keys.jobs_index(tenant)
     max_score = "+inf" if cursor is None else f"({cursor}"
     out: list[JobRecord] = []
     next_cursor: str | None = None
     while len(out) < limit:
-        batch = conn.zrevrangebyscore(index, max_score, "-inf", start=0, num=max(limit * 2, 50), withscores=True)
+        batch: list[tuple[bytes, float]] = cast(
+            Any, conn.zrevrangebyscore(index, max_score, "-inf", start=0, num=max(limit * 2, 50), withscores=True)
+        )
         if not batch:
             break
         for member, score in batch:
-            record = get_job(conn, member.decode())
+            record = get_job(conn, text(member))
             max_score = f"({score!r}"
             if record is None or (status is not None and record.status != status):
                 continue
@@ -247,8 +178,8 @@ def list_jobs(
 
 
 def delete_job_record(conn: redis.Redis, job_id: str, tenant: str) -> None:
-    conn.delete(job_key(job_id), events_key(job_id))
-    conn.zrem(jobs_index_key(tenant), job_id)
+    conn.delete(keys.job(job_id), keys.job_events(job_id))
+    conn.zrem(keys.jobs_index(tenant), job_id)
 
 
 # ----------------------------------------------------------------------------------------- datasets
@@ -275,8 +206,8 @@ def create_dataset(
         "created_at": repr(created),
     }
     pipe = conn.pipeline()
-    pipe.hset(dataset_key(dataset_id), mapping=fields)
-    pipe.zadd(datasets_index_key(tenant), {dataset_id: created})
+    pipe.hset(keys.dataset(dataset_id), mapping=_hash_fields(fields))
+    pipe.zadd(keys.datasets_index(tenant), {dataset_id: created})
     pipe.execute()
     return _dataset_from_hash(fields)
 
@@ -293,15 +224,16 @@ def _dataset_from_hash(fields: dict[str, str]) -> dict[str, Any]:
 
 
 def get_dataset(conn: redis.Redis, dataset_id: str) -> dict[str, Any] | None:
-    raw = conn.hgetall(dataset_key(dataset_id))
+    raw = conn.hgetall(keys.dataset(dataset_id))
     return _dataset_from_hash(_decode(raw)) if raw else None
 
 
 def list_datasets(conn: redis.Redis, *, tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
-    ids = [m.decode() for m in conn.zrevrange(datasets_index_key(tenant), 0, -1)]
+    members: list[bytes] = cast(Any, conn.zrevrange(keys.datasets_index(tenant), 0, -1))
+    ids = [text(m) for m in members]
     return [d for d in (get_dataset(conn, i) for i in ids) if d is not None]
 
 
 def delete_dataset_record(conn: redis.Redis, dataset_id: str, tenant: str) -> None:
-    conn.delete(dataset_key(dataset_id))
-    conn.zrem(datasets_index_key(tenant), dataset_id)
+    conn.delete(keys.dataset(dataset_id))
+    conn.zrem(keys.datasets_index(tenant), dataset_id)

@@ -1,6 +1,12 @@
-"""Settings, read from `LELASTIC_*` environment variables (and a `.env` file), shared by every process.
+"""Settings, read from `LELASTIC_*` environment variables (and a `.env` file).
 
-Every setting is listed in the README's configuration table; a test keeps the two in step.
+    CommonSettings   what every process reads: the Redis server, the data dir, the queue, logging
+    ApiSettings      + what the API reads: limits, queueing of new jobs, retention, API keys
+    WorkerSettings   + what a worker reads: device, threads, heartbeats
+    Settings         all of them: the `lelastic` command (which starts both) and tests
+
+Every setting is listed in the README's configuration table, with the processes that read it; a test
+keeps the two in step.
 """
 
 from __future__ import annotations
@@ -12,69 +18,101 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseSettings):
+class CommonSettings(BaseSettings):
+    """Settings every process reads."""
+
     model_config = SettingsConfigDict(env_prefix="LELASTIC_", env_file=".env", extra="ignore")
 
     redis_url: str | None = Field(
-        None,
+        default=None,
         description="Redis/Valkey URL. Unset: `lelastic up` starts the embedded Valkey server; "
         "`lelastic api` and `lelastic worker` require it.",
     )
-    data_dir: Path = Field(Path(".lelastic"), description="Datasets, job artifacts and server files (shared storage).")
-    queue: str = Field("lelastic", description="RQ queue name the API enqueues to and workers listen on.")
-    job_timeout: int = Field(3600, ge=1, description="Seconds a job may run before it fails with reason `timeout`.")
-    result_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds RQ keeps its own bookkeeping of a finished job.")
-    inline_matrix_max_n: int = Field(
-        2000, ge=0, description="Results include the similarity matrix inline when n is at most this."
+    data_dir: Path = Field(
+        default=Path(".lelastic"), description="Datasets, job artifacts and server files (shared storage)."
     )
-    max_upload_bytes: int = Field(512 * 1024**2, ge=1024, description="Largest accepted upload, in bytes.")
-    redis_socket_timeout: float = Field(10.0, gt=0, description="Seconds before a Redis call is abandoned.")
-    device: str = Field(
-        "auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$", description="Worker device: auto, cpu or cuda[:N]."
+    queue: str = Field(default="lelastic", description="RQ queue name the API enqueues to and workers listen on.")
+    job_timeout: int = Field(
+        default=3600, ge=1, description="Seconds a job may run before it fails with reason `timeout`."
     )
-    torch_threads: int = Field(0, ge=0, description="CPU threads per worker job (0: torch's default).")
-    log_level: str = Field("INFO", description="Log level of every process.")
+    redis_socket_timeout: float = Field(default=10.0, gt=0, description="Seconds before a Redis call is abandoned.")
+    log_level: str = Field(default="INFO", description="Log level of every process.")
     log_format: str = Field(
-        "auto",
+        default="auto",
         pattern="^(auto|json|text)$",
         description="Log lines as JSON objects (json), plain text (text), or auto: text on a terminal, else JSON.",
     )
 
-    # Limits: requests beyond them are refused with the limit named in the answer.
-    max_examples: int = Field(50_000, ge=2, description="Most examples (rows) in a dataset or a job's primary set.")
-    max_features: int = Field(100_000, ge=1, description="Most features per example.")
-    max_parameters: int = Field(200_000_000, ge=1, description="Most model parameters a job may ask for.")
-    max_epochs: int = Field(10_000, ge=1, description="Most training epochs a job may ask for.")
-    max_clusters: int = Field(100, ge=2, description="Largest clustering.k.")
-    max_matrix_bytes: int = Field(
-        4 * 1024**3, ge=1024, description="Largest n × n float32 similarity matrix a job may produce, in bytes."
-    )
-    max_active_jobs: int = Field(100, ge=1, description="Queued + running jobs one tenant may have at once.")
-    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute one tenant may make to /v1.")
 
-    # Jobs that survive faults.
-    job_retries: int = Field(1, ge=0, description="Times a job whose worker was lost is run again before it fails.")
-    worker_heartbeat_seconds: int = Field(
-        10, ge=1, description="How often a worker proves it is alive while a job runs (RQ job monitoring interval)."
+class ApiSettings(CommonSettings):
+    """Settings the API reads (and `lelastic gc`, `lelastic keys`)."""
+
+    inline_matrix_max_n: int = Field(
+        default=2000, ge=0, description="Results include the similarity matrix inline when n is at most this."
     )
-    maintenance_interval: int = Field(
-        30, ge=1, description="Seconds between a worker's sweeps for jobs abandoned by lost workers."
+    max_upload_bytes: int = Field(default=512 * 1024**2, ge=1024, description="Largest accepted upload, in bytes.")
+
+    # Limits: requests beyond them are refused with the limit named in the answer.
+    max_examples: int = Field(
+        default=50_000, ge=2, description="Most examples (rows) in a dataset or a job's primary set."
+    )
+    max_features: int = Field(default=100_000, ge=1, description="Most features per example.")
+    max_parameters: int = Field(default=200_000_000, ge=1, description="Most model parameters a job may ask for.")
+    max_epochs: int = Field(default=10_000, ge=1, description="Most training epochs a job may ask for.")
+    max_clusters: int = Field(default=100, ge=2, description="Largest clustering.k.")
+    max_matrix_bytes: int = Field(
+        default=4 * 1024**3, ge=1024, description="Largest n × n float32 similarity matrix a job may produce, in bytes."
+    )
+    max_active_jobs: int = Field(default=100, ge=1, description="Queued + running jobs one tenant may have at once.")
+    rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests per minute one tenant may make to /v1.")
+
+    # Queueing: set on each RQ job when the API enqueues it.
+    result_ttl: int = Field(
+        default=7 * 24 * 3600, ge=60, description="Seconds RQ keeps its own bookkeeping of a finished job."
+    )
+    job_retries: int = Field(
+        default=1, ge=0, description="Times a job whose worker was lost is run again before it fails."
     )
 
     # Retention: what expires is removed from disk too.
     job_retention_seconds: int = Field(
-        30 * 24 * 3600, ge=60, description="Seconds a finished job's record, result and artifacts are kept."
+        default=30 * 24 * 3600, ge=60, description="Seconds a finished job's record, result and artifacts are kept."
     )
     dataset_retention_seconds: int = Field(
-        30 * 24 * 3600, ge=60, description="Seconds an upload is kept (never while a queued or running job uses it)."
+        default=30 * 24 * 3600,
+        ge=60,
+        description="Seconds an upload is kept (never while a queued or running job uses it).",
     )
-    retention_sweep_seconds: int = Field(300, ge=1, description="Seconds between two sweeps for expired records.")
+    retention_sweep_seconds: int = Field(
+        default=300, ge=1, description="Seconds between two sweeps for expired records."
+    )
 
     api_keys_file: Path | None = Field(
-        None,
+        default=None,
         description="File of `<tenant> <sha256 hex>` lines (`lelastic keys create`). Unset: no auth, "
         "allowed only when the API is bound to loopback.",
     )
+
+
+class WorkerSettings(CommonSettings):
+    """Settings a worker reads."""
+
+    device: str = Field(
+        default="auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$", description="Worker device: auto, cpu or cuda[:N]."
+    )
+    torch_threads: int = Field(default=0, ge=0, description="CPU threads per worker job (0: torch's default).")
+    worker_heartbeat_seconds: int = Field(
+        default=10,
+        ge=1,
+        description="How often a worker proves it is alive while a job runs (RQ job monitoring interval).",
+    )
+    maintenance_interval: int = Field(
+        default=30, ge=1, description="Seconds between a worker's sweeps for jobs abandoned by lost workers."
+    )
+
+
+class Settings(ApiSettings, WorkerSettings):
+    """Every setting: what the `lelastic` command (which starts the API and workers) and tests use."""
 
 
 @lru_cache

@@ -22,12 +22,25 @@ A spec reads, with its defaults::
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-SYNTHETIC_BUILTINS = ("torus", "two_folded_boxes", "double_helix", "two_cosines", "two_spheres", "two_cycles")
-BUILTINS = ("digits", *SYNTHETIC_BUILTINS)
+from service.contract.architectures import ARCHITECTURES, ArchitectureSpec, alternatives_phrase, architecture_of
+from service.contract.architectures import CNNModel as CNNModel
+from service.contract.architectures import LinearModel as LinearModel
+from service.contract.architectures import MLPModel as MLPModel
+from service.contract.architectures import ResMLPModel as ResMLPModel
+from service.contract.strict import StrictModel as StrictModel
+
+#: The names of the builtin datasets (the one list of them): scikit-learn's digits and the paper's six
+#: synthetic two-class manifolds.
+SyntheticName = Literal["torus", "two_folded_boxes", "double_helix", "two_cosines", "two_spheres", "two_cycles"]
+BuiltinName = Literal["digits", SyntheticName]
+SYNTHETIC_BUILTINS: tuple[str, ...] = get_args(SyntheticName)
+BUILTINS: tuple[str, ...] = get_args(BuiltinName)
 
 #: Shape, classes and size of each builtin dataset, known without generating it (the API has no
 #: scikit-learn). Synthetic sets have two classes (1 and 0) of n // 2 examples each.
@@ -42,18 +55,10 @@ SYNTHETIC_INFO = {
 }
 
 
-class StrictModel(BaseModel):
-    """Base of every spec part: unknown fields are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
 class BuiltinDataset(StrictModel):
-    builtin: Literal[
-        "digits", "torus", "two_folded_boxes", "double_helix", "two_cosines", "two_spheres", "two_cycles"
-    ] = Field(description="A dataset that ships with lelastic.")
-    n: int = Field(200, ge=4, le=100_000, description="Examples to generate (synthetic sets only).")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Generator seed (synthetic sets only).")
+    builtin: BuiltinName = Field(description="A dataset that ships with lelastic.")
+    n: int = Field(default=200, ge=4, le=100_000, description="Examples to generate (synthetic sets only).")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Generator seed (synthetic sets only).")
 
     def info(self) -> dict[str, Any]:
         """{"n", "shape", "classes"} of this builtin, without generating it."""
@@ -66,8 +71,8 @@ class BuiltinDataset(StrictModel):
 class Selection(StrictModel):
     """A subset of a dataset's examples: by class label or by row index (exactly one of the two)."""
 
-    labels: list[int] | None = Field(None, min_length=1, max_length=1000)
-    indices: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, max_length=1_000_000)
+    labels: list[int] | None = Field(default=None, min_length=1, max_length=1000)
+    indices: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1, max_length=1_000_000)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Selection:
@@ -80,37 +85,8 @@ class Selection(StrictModel):
         return self
 
 
-class LinearModel(StrictModel):
-    """Linear layers with no activation: the paper's linear networks (depth 1 is a linear model)."""
-
-    arch: Literal["linear"]
-    depth: Literal[1, 2, 3] = 2
-    width: int = Field(4096, ge=1, le=65_536)
-
-
-class MLPModel(StrictModel):
-    """Fully connected network with `depth` linear layers and an activation between them."""
-
-    arch: Literal["mlp"] = "mlp"
-    depth: Literal[2, 3] = 2
-    width: int = Field(4096, ge=1, le=65_536)
-    activation: Literal["relu", "sigmoid", "tanh", "gelu"] = "relu"
-
-
-class ResMLPModel(StrictModel):
-    """The authors' "ResNet": h1 = relu(W1 x), h2 = relu(W2 h1), out = W3 (h1 + h2)."""
-
-    arch: Literal["resmlp"]
-    width: int = Field(4096, ge=1, le=16_384)
-
-
-class CNNModel(StrictModel):
-    """LeNet-style net of PyTorch's MNIST example, for image-shaped inputs."""
-
-    arch: Literal["cnn"]
-
-
-ModelSpec = Annotated[LinearModel | MLPModel | ResMLPModel | CNNModel, Field(discriminator="arch")]
+#: The architectures and their spec classes live in the registry (service.contract.architectures).
+ModelSpec = Annotated[ArchitectureSpec, Field(discriminator="arch")]
 
 
 class InitWeights(StrictModel):
@@ -123,9 +99,9 @@ class TrainedWeights(StrictModel):
     """Pre-train with plain SGD, primary examples labelled 1 and auxiliary examples 0."""
 
     source: Literal["trained"] = "trained"
-    epochs: int = Field(200, ge=1, le=100_000)
-    lr: float = Field(0.003, gt=0, le=10)
-    batch_size: int = Field(50, ge=1, le=100_000)
+    epochs: int = Field(default=200, ge=1, le=100_000)
+    lr: float = Field(default=0.003, gt=0, le=10)
+    batch_size: int = Field(default=50, ge=1, le=100_000)
     optimizer: Literal["sgd"] = "sgd"
 
 
@@ -139,32 +115,64 @@ class UploadedWeights(StrictModel):
 WeightsSpec = Annotated[InitWeights | TrainedWeights | UploadedWeights, Field(discriminator="source")]
 
 
+SimilarityKindName = Literal["kernelized", "relative", "activation"]
+
+
+@dataclass(frozen=True)
+class SimilarityKind:
+    """What the spec checks and resolves for one similarity kind (workers/compute/kinds.py computes it).
+
+    takes_step: the kind reads the prediction changes of SGD steps; otherwise the step must be 0.
+    auto_clustering: the method that clustering "auto" resolves to.
+    needs_relu_layer: the model needs a hidden ReLU layer (its architecture's `relu_pattern_layer`).
+    compares: what the kind compares, for messages.
+    """
+
+    takes_step: bool
+    auto_clustering: Literal["kmeans", "kernel_kmeans"]
+    needs_relu_layer: bool = False
+    compares: str = "the prediction changes of SGD steps"
+
+
+#: Adding a kind: its name in `SimilarityKindName`, its entry here, its computation in workers/compute/kinds.py.
+SIMILARITY_KINDS: dict[str, SimilarityKind] = {
+    "kernelized": SimilarityKind(takes_step=True, auto_clustering="kernel_kmeans"),
+    "relative": SimilarityKind(takes_step=True, auto_clustering="kmeans"),
+    "activation": SimilarityKind(
+        takes_step=False, auto_clustering="kernel_kmeans", needs_relu_layer=True, compares="ReLU on/off patterns"
+    ),
+}
+
+
 class SimilaritySpec(StrictModel):
-    kind: Literal["kernelized", "relative", "activation"] = "kernelized"
-    step: float = Field(0.0, ge=0, le=10, description="SGD step η of the probe; 0 means the exact small-step limit.")
+    kind: SimilarityKindName = "kernelized"
+    step: float = Field(
+        default=0.0, ge=0, le=10, description="SGD step η of the probe; 0 means the exact small-step limit."
+    )
     schedule: Literal["fixed", "trajectory"] = Field(
-        "fixed",
+        default="fixed",
         description="fixed: every probe starts from the same θ; trajectory: one SGD pass, θ carried forward.",
     )
     symmetrize: bool = True
-    normalize: bool = Field(False, description="Cosine-normalise: S[i,j] / sqrt(S[i,i] S[j,j]).")
-    repeats: int = Field(1, ge=1, le=20, description="Average over this many model seeds.")
+    normalize: bool = Field(default=False, description="Cosine-normalise: S[i,j] / sqrt(S[i,i] S[j,j]).")
+    repeats: int = Field(default=1, ge=1, le=20, description="Average over this many model seeds.")
 
     @model_validator(mode="after")
     def _trajectory_needs_step(self) -> SimilaritySpec:
         if self.schedule == "trajectory" and self.step == 0:
             raise ValueError("schedule 'trajectory' needs step > 0 (the steps are real SGD steps)")
-        if self.kind == "activation" and self.step != 0:
-            raise ValueError("kind 'activation' takes no step (it compares ReLU on/off patterns)")
+        kind = SIMILARITY_KINDS[self.kind]
+        if not kind.takes_step and self.step != 0:
+            raise ValueError(f"kind {self.kind!r} takes no step (it compares {kind.compares})")
         return self
 
 
 class ClusteringSpec(StrictModel):
-    k: int = Field(2, ge=2, le=100)
+    k: int = Field(default=2, ge=2, le=100)
     method: Literal["auto", "kmeans", "spectral", "kernel_kmeans"] = Field(
-        "auto", description="auto: relative → kmeans on rows, otherwise kernel_kmeans (the authors' choice)."
+        default="auto", description="auto: relative → kmeans on rows, otherwise kernel_kmeans (the authors' choice)."
     )
-    n_init: int = Field(10, ge=1, le=100, description="Restarts; the best objective is kept.")
+    n_init: int = Field(default=10, ge=1, le=100, description="Restarts; the best objective is kept.")
 
 
 Baseline = Literal["kmeans_raw", "pca_kmeans", "spectral_rbf"]
@@ -176,15 +184,15 @@ class JobSpec(StrictModel):
     dataset: str | BuiltinDataset = Field(
         description="An uploaded dataset's id, or a builtin.", examples=[{"builtin": "digits"}]
     )
-    primary: Selection | None = Field(None, description="Examples to compare (default: every example).")
-    auxiliary: Selection | None = Field(None, description="Examples labelled 0 in training (default: none).")
+    primary: Selection | None = Field(default=None, description="Examples to compare (default: every example).")
+    auxiliary: Selection | None = Field(default=None, description="Examples labelled 0 in training (default: none).")
     model: ModelSpec = Field(default_factory=MLPModel)
     loss: Literal["mse", "bce"] = "mse"
     weights: WeightsSpec = Field(default_factory=TrainedWeights)
     similarity: SimilaritySpec = Field(default_factory=SimilaritySpec)
     clustering: ClusteringSpec | None = Field(default_factory=ClusteringSpec)
-    baselines: list[Baseline] = Field(default_factory=lambda: ["kmeans_raw", "pca_kmeans", "spectral_rbf"])
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    baselines: list[Baseline] = Field(default_factory=lambda: list(get_args(Baseline)))
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
     @field_validator("dataset")
     @classmethod
@@ -206,15 +214,18 @@ class JobSpec(StrictModel):
         ):
             if not math.isfinite(number):
                 raise ValueError(f"{name} must be finite, got {number!r}")
-        if self.similarity.kind == "activation" and self.model.arch not in ("mlp", "resmlp"):
-            raise ValueError("kind 'activation' needs a model with a first ReLU layer (arch mlp or resmlp)")
-        if (
-            self.similarity.kind == "activation"
-            and isinstance(self.model, MLPModel)
-            and self.model.activation != "relu"
-        ):
-            raise ValueError("kind 'activation' needs activation 'relu'")
+        if SIMILARITY_KINDS[self.similarity.kind].needs_relu_layer:
+            self._check_relu_layer()
         return self
+
+    def _check_relu_layer(self) -> None:
+        kind, architecture = self.similarity.kind, architecture_of(self.model)
+        if architecture.relu_pattern_layer is None:
+            with_one = [entry.name for entry in ARCHITECTURES.values() if entry.relu_pattern_layer is not None]
+            archs = alternatives_phrase(with_one, quote=False)
+            raise ValueError(f"kind {kind!r} needs a model with a first ReLU layer (arch {archs})")
+        if architecture.capabilities(self.model).activation != "relu":
+            raise ValueError(f"kind {kind!r} needs activation 'relu'")
 
     def clustering_method(self) -> str | None:
         """The clustering method after resolving 'auto' (None when clustering is off)."""
@@ -222,7 +233,7 @@ class JobSpec(StrictModel):
             return None
         if self.clustering.method != "auto":
             return self.clustering.method
-        return "kmeans" if self.similarity.kind == "relative" else "kernel_kmeans"
+        return SIMILARITY_KINDS[self.similarity.kind].auto_clustering
 
 
 EXAMPLE_SPEC: dict[str, Any] = {
@@ -239,72 +250,10 @@ EXAMPLE_SPEC: dict[str, Any] = {
 }
 
 
-def image_shape(input_shape: list[int] | tuple[int, ...]) -> tuple[int, int, int]:
-    """(C, H, W) the CNN reads an example of `input_shape` as.
-
-    [C, H, W] is taken as is, [H, W] gets one channel, and a flat [d] with d a perfect square is read
-    as a 1 × √d × √d image (so the 64 digits features are a 1 × 8 × 8 image).
-    """
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) == 3:
-        return shape  # type: ignore[return-value]
-    if len(shape) == 2:
-        return (1, shape[0], shape[1])
-    side = math.isqrt(shape[0]) if len(shape) == 1 else 0
-    if len(shape) == 1 and side * side == shape[0]:
-        return (1, side, side)
-    raise ValueError(f"the cnn needs image-shaped examples ([C, H, W], [H, W] or a square [d]), got {list(shape)}")
-
-
-def cnn_geometry(input_shape: list[int] | tuple[int, ...]) -> dict[str, int]:
-    """Channels, padding and flattened size of the LeNet-style CNN for this input shape.
-
-    Both 5×5 convolutions use padding 2 when the image is smaller than 16 pixels on a side (so that
-    8 × 8 digits still fit two conv + 2×2 max-pool stages), else padding 0 (PyTorch's MNIST example).
-    """
-    channels, height, width = image_shape(input_shape)
-    padding = 2 if min(height, width) < 16 else 0
-    for _ in range(2):
-        height, width = (height - 4 + 2 * padding) // 2, (width - 4 + 2 * padding) // 2
-    if height < 1 or width < 1:
-        raise ValueError(f"image {list(input_shape)} is too small for the cnn")
-    return {"channels": channels, "padding": padding, "flat": 50 * height * width}
-
-
-def parameter_shapes(
-    model: LinearModel | MLPModel | ResMLPModel | CNNModel, input_shape: list[int]
-) -> dict[str, list[int]]:
+def parameter_shapes(model: ArchitectureSpec, input_shape: Sequence[int]) -> dict[str, list[int]]:
     """Name → shape of every parameter of the model the workers build for `model` (torch state_dict order).
 
-    Used to check uploaded weights without importing torch. The model has one scalar output.
+    Read from the architecture registry; used to check uploaded weights without importing torch. The
+    model has one scalar output.
     """
-    d = math.prod(input_shape)
-    shapes: dict[str, list[int]] = {}
-    if isinstance(model, LinearModel | MLPModel):
-        sizes = [d] + [model.width] * (model.depth - 1) + [1]
-        for k in range(model.depth):
-            shapes[f"layers.{k}.weight"] = [sizes[k + 1], sizes[k]]
-            shapes[f"layers.{k}.bias"] = [sizes[k + 1]]
-    elif isinstance(model, ResMLPModel):
-        w = model.width
-        shapes = {
-            "fc1.weight": [w, d],
-            "fc1.bias": [w],
-            "fc2.weight": [w, w],
-            "fc2.bias": [w],
-            "out.weight": [1, w],
-            "out.bias": [1],
-        }
-    else:
-        geometry = cnn_geometry(input_shape)
-        shapes = {
-            "conv1.weight": [20, geometry["channels"], 5, 5],
-            "conv1.bias": [20],
-            "conv2.weight": [50, 20, 5, 5],
-            "conv2.bias": [50],
-            "fc1.weight": [500, geometry["flat"]],
-            "fc1.bias": [500],
-            "fc2.weight": [1, 500],
-            "fc2.bias": [1],
-        }
-    return shapes
+    return architecture_of(model).parameter_shapes(model, input_shape)

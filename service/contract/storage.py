@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 #: Artifact name → media type. Only these names are ever served.
 ARTIFACT_TYPES = {
@@ -82,7 +82,7 @@ class DataDir:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success fsync it and rename it to `path`.
 
     On any error the temporary file is removed and `path` is left as it was.

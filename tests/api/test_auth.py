@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from service.api import auth
-from service.api.app import create_app
-
-
-def npz_bytes() -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, X=np.arange(12, dtype=np.float32).reshape(6, 2), y=np.array([0, 1, 0, 1, 0, 1]))
-    return buffer.getvalue()
-
-
-@pytest.fixture
-def keyed(settings, tmp_path, redis_conn):
-    keys_file = tmp_path / "keys"
-    alice, bob = auth.create_key(keys_file, "alice"), auth.create_key(keys_file, "bob")
-    with TestClient(create_app(settings.model_copy(update={"api_keys_file": keys_file}))) as client:
-        yield client, alice, bob, keys_file
+from tests.factories import app_client, blobs_npz
 
 
 def test_keys_file_stores_only_hashes_and_maps_keys_to_tenants(tmp_path):
@@ -58,7 +40,7 @@ def test_missing_or_unknown_key_is_401_and_open_endpoints_stay_open(keyed):
 def test_another_tenant_gets_404_and_does_not_see_it_in_lists(keyed):
     client, alice, bob, _ = keyed
     as_alice, as_bob = {"Authorization": f"Bearer {alice}"}, {"X-API-Key": bob}
-    created = client.post("/v1/datasets", files={"file": ("d.npz", npz_bytes())}, headers=as_alice)
+    created = client.post("/v1/datasets", files={"file": ("d.npz", blobs_npz())}, headers=as_alice)
     assert created.status_code == 201
     dataset_id = created.json()["id"]
     assert client.get(f"/v1/datasets/{dataset_id}", headers=as_bob).status_code == 404
@@ -83,7 +65,6 @@ def test_a_key_added_while_running_is_accepted(keyed):
 
 
 def test_a_keys_file_not_created_yet_refuses_everyone(settings, tmp_path, redis_conn):
-    app = create_app(settings.model_copy(update={"api_keys_file": tmp_path / "absent"}))
-    with TestClient(app) as client:
+    with app_client(settings, api_keys_file=tmp_path / "absent") as client:
         assert client.get("/v1/jobs", headers={"X-API-Key": "anything"}).status_code == 401
         assert client.get("/healthz").status_code == 200

@@ -2,60 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import json
 import struct
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from service.api.app import create_app
 from service.contract import records
-
-
-def npz_bytes(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def npy_bytes(array: np.ndarray, *, allow_pickle: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=allow_pickle)
-    return buffer.getvalue()
-
-
-def safetensors_bytes(tensors: dict[str, tuple[str, list[int]]], *, header: bytes | None = None) -> bytes:
-    """A .safetensors file of zero-filled tensors {name: (dtype, shape)} (or a given raw header)."""
-    sizes = {"F32": 4, "F16": 2, "I64": 8}
-    meta, offset = {}, 0
-    for name, (dtype, shape) in tensors.items():
-        length = int(np.prod(shape)) * sizes[dtype]
-        meta[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + length]}
-        offset += length
-    raw = header if header is not None else json.dumps(meta).encode()
-    return struct.pack("<Q", len(raw)) + raw + b"\0" * offset
-
-
-def upload(client, filename: str, content: bytes, **form: str):
-    return client.post("/v1/datasets", files={"file": (filename, content)}, data=form)
-
-
-def blobs(n: int = 12, d: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1], n // 2)
-    return rng.normal(size=(n, d)) + 3 * y[:, None], y
-
-
-def assert_names(response, status: int, *fragments: str) -> list[dict]:
-    """The response has `status` and an error entry whose text contains every fragment."""
-    assert response.status_code == status, response.text
-    detail = response.json()["detail"]
-    text = json.dumps(detail)
-    for fragment in fragments:
-        assert fragment in text, (fragment, detail)
-    return detail
+from tests.factories import app_client, assert_names, blobs, npy_bytes, npz_bytes, safetensors_bytes, upload
 
 
 def test_npz_with_labels_is_stored_as_float32_and_int64(client, settings):
@@ -188,7 +141,7 @@ def test_label_column_must_exist(client):
 
 def test_oversize_upload_is_413_and_leaves_nothing(settings):
     small = settings.model_copy(update={"max_upload_bytes": 4096})
-    with TestClient(create_app(small)) as client:
+    with app_client(small) as client:
         assert upload(client, "ok.npy", npy_bytes(np.zeros((100, 4)))).status_code == 201
         assert_names(upload(client, "big.npy", npy_bytes(np.zeros((600, 1)))), 413, "max_upload_bytes", "4096")
         assert client.get("/v1/datasets").json()["count"] == 1

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from service.contract import records
-from tests.api.test_datasets_api import assert_names
-from tests.api.test_jobs_api import submit
-
-
-def read_stream(client, job_id: str, **headers: str) -> list[dict]:
-    """Every event of the stream (until the server ends it) as {"id", "event", "data"}."""
-    events, current = [], {}
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if not line:
-                if current:
-                    events.append(current)
-                current = {}
-            elif not line.startswith(":"):
-                field, _, value = line.partition(": ")
-                current[field] = json.loads(value) if field == "data" else value
-    return events
+from service.contract import jobstate, records
+from tests.factories import assert_names, read_stream, submit
 
 
 def run_to_success(conn, job_id: str) -> None:
-    records.transition(conn, job_id, "running", allowed_from=("queued",), fields={"started_at": records.now()})
+    jobstate.mark_running(conn, job_id)
     records.set_progress(conn, job_id, fraction=0.5, stage="similarity", message="half way")
-    records.transition(conn, job_id, "succeeded", allowed_from=("running",), fields={"finished_at": records.now()})
+    jobstate.mark_succeeded(conn, job_id, {})
 
 
 def test_stream_has_every_event_then_ends_after_the_final_status(client, redis_conn):
@@ -75,7 +56,7 @@ def test_events_written_while_streaming_arrive_live(client, redis_conn):
 def test_stream_of_a_lost_job_ends_failed(client, redis_conn):
     job = submit(client).json()
     Job.fetch(job["id"], connection=redis_conn, serializer=JSONSerializer).delete()
-    records.transition(redis_conn, job["id"], "running", allowed_from=("queued",))
+    jobstate.mark_running(redis_conn, job["id"])
     events = read_stream(client, job["id"])
     assert events[-1]["data"]["status"] == "failed" and "worker lost" in events[-1]["data"]["error"]
 

@@ -1,6 +1,7 @@
 """Property-based fuzzing of the live OpenAPI schema with schemathesis: no request may get a 5xx.
 
-The API runs under uvicorn in a thread on a free port, against the test Valkey server, and schemathesis
+The API runs under uvicorn in a thread on a free port, against the test Valkey server (the fixtures
+`api_url`, `api_schema` and `seeded` of tests/api/conftest.py), and schemathesis
 generates requests for every operation from /openapi.json (valid and invalid bodies, parameters and
 headers). The run is short and deterministic (derandomized); `make fuzz` runs it longer:
 
@@ -12,17 +13,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
-import threading
-import time
-import uuid
-from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -30,49 +25,11 @@ from schemathesis.checks import not_a_server_error
 
 from service.api.app import create_app
 from service.contract.settings import Settings
-from tests.api.test_datasets_api import npz_bytes
-from tests.api.test_jobs_api import DIGITS_3_5
+from tests.factories import npz_bytes
 
 EXAMPLES = int(os.environ.get("LELASTIC_FUZZ_EXAMPLES", "30"))
 #: Seconds a request may take; an event stream of a job that never ends is cut off after this.
 REQUEST_TIMEOUT = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def api_url(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API under uvicorn in a thread; the rate limit is out of the way so handlers get exercised."""
-    app_settings = Settings(
-        redis_url=valkey_url,
-        data_dir=tmp_path_factory.mktemp("fuzz") / "data",
-        queue=f"fuzz-{uuid.uuid4().hex[:12]}",
-        rate_limit_per_minute=1_000_000,
-        max_upload_bytes=1024**2,
-    )
-    port = _free_port()
-    config = uvicorn.Config(create_app(app_settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def api_schema(api_url: str) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(f"{api_url}/openapi.json")
 
 
 def _runs() -> list[pytest.param]:
@@ -93,17 +50,6 @@ def _runs() -> list[pytest.param]:
                     label = f"{method.upper()} {path} {mode.value}{' existing' if existing else ''}"
                     runs.append(pytest.param(method, path, mode, existing, id=label))
     return sorted(runs, key=lambda run: run.values[0] == "delete")  # deletes last: they remove the seeds
-
-
-@pytest.fixture(scope="module")
-def seeded(api_url: str) -> dict[str, str]:
-    """Path parameters of resources that exist: a dataset and a canceled job (its event stream ends)."""
-    with httpx.Client(base_url=api_url) as http:
-        dataset = http.post("/v1/datasets", files={"file": ("x.npz", npz_bytes(X=np.eye(4), y=np.arange(4) % 2))})
-        job = http.post("/v1/jobs", json=DIGITS_3_5)
-        assert dataset.status_code == 201 and job.status_code == 202, (dataset.text, job.text)
-        assert http.delete(f"/v1/jobs/{job.json()['id']}").status_code == 200
-    return {"dataset_id": dataset.json()["id"], "job_id": job.json()["id"]}
 
 
 # schemathesis.pytest.from_fixture would do this, but it reads a pytest internal that pytest 9 dropped;

@@ -9,8 +9,7 @@ import sys
 from rq import Worker
 from rq.serializers import JSONSerializer
 
-from tests.api.test_jobs_api import submit
-from tests.conftest import REPO_ROOT
+from tests.factories import REPO_ROOT, submit
 
 
 def test_healthz(client):

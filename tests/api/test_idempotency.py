@@ -9,14 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from rq import Queue
 
 from service.api import auth, idempotency
-from service.api.app import create_app
-from service.contract import records
-from tests.api.test_datasets_api import assert_names, blobs, npz_bytes
-from tests.api.test_jobs_api import DIGITS_3_5
+from service.contract import keys, records
+from tests.factories import DIGITS_3_5, app_client, assert_names, blobs, npz_bytes, upload
 
 KEY = "2f1c3c2e-6a44-4a38-9d36-0d1a7e0c1b5a"
 
@@ -26,7 +23,7 @@ def post_job(client, spec=None, key=KEY, **headers):
 
 
 def post_dataset(client, content: bytes, key=KEY, filename="x.npz", **form):
-    return client.post("/v1/datasets", files={"file": (filename, content)}, data=form, headers={"Idempotency-Key": key})
+    return upload(client, filename, content, headers={"Idempotency-Key": key}, **form)
 
 
 def data(seed: int = 0) -> bytes:
@@ -95,7 +92,7 @@ def test_a_refused_request_does_not_use_up_the_key(client):
 def test_keys_are_scoped_by_route_and_tenant(settings, tmp_path, redis_conn):
     keys_file = tmp_path / "keys"
     alice, bob = auth.create_key(keys_file, "alice"), auth.create_key(keys_file, "bob")
-    with TestClient(create_app(settings.model_copy(update={"api_keys_file": keys_file}))) as client:
+    with app_client(settings, api_keys_file=keys_file) as client:
         a = post_job(client, **{"X-API-Key": alice})
         b = post_job(client, **{"X-API-Key": bob})
         assert a.status_code == b.status_code == 202 and a.json()["id"] != b.json()["id"]
@@ -153,13 +150,13 @@ def test_a_duplicate_of_a_request_still_in_progress_gets_409(client, redis_conn,
     detail = assert_names(response, 409, "still in progress")
     assert detail[0]["loc"] == ["header", "Idempotency-Key"] and response.headers["retry-after"] == "1"
     assert client.get("/v1/jobs").json()["count"] == 0
-    ttl = redis_conn.ttl(idempotency.redis_key(records.DEFAULT_TENANT, "jobs", KEY))
+    ttl = redis_conn.ttl(keys.idempotency(records.DEFAULT_TENANT, "jobs", KEY))
     assert 0 < ttl <= idempotency.IN_PROGRESS_TTL
 
 
 def test_stored_responses_expire_after_a_day(client, redis_conn):
     post_job(client)
-    ttl = redis_conn.ttl(idempotency.redis_key(records.DEFAULT_TENANT, "jobs", KEY))
+    ttl = redis_conn.ttl(keys.idempotency(records.DEFAULT_TENANT, "jobs", KEY))
     assert idempotency.STORE_TTL - 5 <= ttl <= idempotency.STORE_TTL == 24 * 3600
 
 

@@ -7,27 +7,13 @@ import zlib
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from rq import Queue, Worker
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from service.api.app import create_app
-from service.contract import records
+from service.contract import jobstate, keys, records
 from service.contract.storage import DataDir
-from tests.api.test_datasets_api import assert_names, blobs, npz_bytes, safetensors_bytes, upload
-
-DIGITS_3_5 = {
-    "dataset": {"builtin": "digits"},
-    "primary": {"labels": [3, 5]},
-    "model": {"arch": "mlp", "width": 8},
-    "weights": {"source": "init"},
-    "clustering": {"k": 2},
-}
-
-
-def submit(client, spec: dict | None = None, **changes):
-    return client.post("/v1/jobs", json={**(spec or DIGITS_3_5), **changes})
+from tests.factories import app_client, assert_names, blobs, npz_bytes, safetensors_bytes, submit, upload
 
 
 def test_create_queues_a_record_and_an_rq_job_by_dotted_name_with_json(client, redis_conn, settings):
@@ -103,7 +89,7 @@ def test_create_queues_a_record_and_an_rq_job_by_dotted_name_with_json(client, r
 def test_bad_specs_are_422_naming_the_field(client, redis_conn, changes, loc, fragments):
     detail = assert_names(submit(client, **changes), 422, *fragments)
     assert loc in [entry["loc"] for entry in detail], detail
-    assert redis_conn.zcard(records.jobs_index_key("default")) == 0
+    assert redis_conn.zcard(keys.jobs_index("default")) == 0
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
@@ -201,7 +187,7 @@ def test_result_is_409_with_the_status_before_success(client):
 
 def finish_job(redis_conn, settings, job_id: str, matrix: np.ndarray) -> None:
     """Play the worker: write artifacts, then record success with a result."""
-    records.transition(redis_conn, job_id, "running", allowed_from=("queued",), fields={"started_at": records.now()})
+    jobstate.mark_running(redis_conn, job_id)
     job_dir = DataDir(settings.data_dir).job_dir(job_id)
     job_dir.mkdir(parents=True)
     np.save(job_dir / "similarity.npy", matrix)
@@ -222,13 +208,7 @@ def finish_job(redis_conn, settings, job_id: str, matrix: np.ndarray) -> None:
         "spec": {},
         "versions": {"torch": "x"},
     }
-    records.transition(
-        redis_conn,
-        job_id,
-        "succeeded",
-        allowed_from=("running",),
-        fields={"result": result, "finished_at": records.now()},
-    )
+    jobstate.mark_succeeded(redis_conn, job_id, result)
 
 
 def test_result_has_artifact_urls_and_the_inline_matrix(client, redis_conn, settings):
@@ -250,7 +230,7 @@ def test_result_has_artifact_urls_and_the_inline_matrix(client, redis_conn, sett
     part = client.get(result["artifacts"]["similarity.npy"], headers={"Range": "bytes=0-5"})
     assert part.status_code == 206 and part.content == b"\x93NUMPY"
     assert client.get(f"{base}/result.json").headers["content-type"].startswith("application/json")
-    with TestClient(create_app(settings.model_copy(update={"inline_matrix_max_n": 2}))) as small:
+    with app_client(settings, inline_matrix_max_n=2) as small:
         result = small.get(f"/v1/jobs/{job['id']}/result").json()
         assert result["similarity"] is None and result["similarity_inline"] is False
 

@@ -7,26 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from service.api import limits
-from service.api.app import create_app
-from service.contract import records
-from tests.api.test_datasets_api import assert_names, npy_bytes, npz_bytes, upload
-from tests.api.test_jobs_api import DIGITS_3_5, submit
-
-
-def limited_client(settings, **limits_):
-    return TestClient(create_app(settings.model_copy(update=limits_)))
-
+from service.contract import jobstate, keys, records
+from tests.factories import DIGITS_3_5, app_client, assert_names, csv_bytes, npy_bytes, npz_bytes, submit, upload
 
 # ------------------------------------------------------------------------------------- uploads
 
 
 def test_oversize_upload_names_max_upload_bytes_and_its_setting(settings):
-    with limited_client(settings, max_upload_bytes=4096) as client:
+    with app_client(settings, max_upload_bytes=4096) as client:
         response = upload(client, "big.npy", npy_bytes(np.zeros((600, 1))))
         detail = assert_names(response, 413, "max_upload_bytes = 4096", "LELASTIC_MAX_UPLOAD_BYTES")
         assert detail[0]["loc"] == ["body", "file"]
@@ -38,7 +30,7 @@ def test_oversize_upload_names_max_upload_bytes_and_its_setting(settings):
 
 
 def test_declared_content_length_far_over_the_limit_is_refused_before_reading(settings):
-    with limited_client(settings, max_upload_bytes=4096) as client:
+    with app_client(settings, max_upload_bytes=4096) as client:
         body = npy_bytes(np.zeros((20_000, 1)))  # 160 kB > 4096 + 64 KiB of slack
         response = upload(client, "big.npy", body)
         assert_names(response, 413, "max_upload_bytes = 4096")
@@ -46,7 +38,7 @@ def test_declared_content_length_far_over_the_limit_is_refused_before_reading(se
 
 
 def test_upload_with_too_many_examples_is_422_naming_max_examples(settings):
-    with limited_client(settings, max_examples=10) as client:
+    with app_client(settings, max_examples=10) as client:
         response = upload(client, "x.npz", npz_bytes(X=np.zeros((11, 2), dtype=np.float32)))
         detail = assert_names(response, 422, "n = 11 exceeds max_examples = 10 (LELASTIC_MAX_EXAMPLES)")
         assert detail[0]["loc"] == ["body", "file", "X"] and detail[0]["input"] == 11
@@ -55,11 +47,10 @@ def test_upload_with_too_many_examples_is_422_naming_max_examples(settings):
 
 
 def test_upload_with_too_many_features_is_422_naming_max_features(settings):
-    with limited_client(settings, max_features=10) as client:
+    with app_client(settings, max_features=10) as client:
         response = upload(client, "x.npy", npy_bytes(np.zeros((4, 3, 4))))
         assert_names(response, 422, "features per example = 12 exceeds max_features = 10 (LELASTIC_MAX_FEATURES)")
-        csv = "a,b,c\n" + "1,2,3\n" * 4
-        response = upload(client, "x.csv", csv.encode())
+        response = upload(client, "x.csv", csv_bytes([[1, 2, 3]] * 4, header=["a", "b", "c"]))
         assert response.status_code == 201, response.text
 
 
@@ -102,7 +93,7 @@ def test_upload_with_too_many_features_is_422_naming_max_features(settings):
     ],
 )
 def test_job_over_a_limit_is_422_naming_field_limit_and_setting(settings, limit, changes, loc, message):
-    with limited_client(settings, **limit) as client:
+    with app_client(settings, **limit) as client:
         response = submit(client, **changes)
         detail = assert_names(response, 422, message)
         assert [d["loc"] for d in detail] == [loc]
@@ -111,7 +102,7 @@ def test_job_over_a_limit_is_422_naming_field_limit_and_setting(settings, limit,
 
 def test_job_limits_count_the_primary_selection_not_the_dataset(settings):
     # digits has 1797 examples; classes 3 and 5 select 183 + 182 of them.
-    with limited_client(settings, max_examples=1000) as client:
+    with app_client(settings, max_examples=1000) as client:
         assert submit(client).status_code == 202
         assert_names(submit(client, primary=None), 422, "n = 1797 exceeds max_examples = 1000")
 
@@ -120,7 +111,7 @@ def test_job_limits_count_the_primary_selection_not_the_dataset(settings):
 
 
 def test_active_jobs_limit_is_429_with_retry_after_until_one_ends(settings, redis_conn):
-    with limited_client(settings, max_active_jobs=2) as client:
+    with app_client(settings, max_active_jobs=2) as client:
         ids = [submit(client).json()["id"] for _ in range(2)]
         refused = submit(client)
         detail = assert_names(refused, 429, "active jobs = 2", "max_active_jobs = 2 (LELASTIC_MAX_ACTIVE_JOBS)")
@@ -134,21 +125,22 @@ def test_active_jobs_limit_is_429_with_retry_after_until_one_ends(settings, redi
 
 
 def test_active_set_is_pruned_of_jobs_a_worker_finished_or_that_were_purged(settings, redis_conn):
-    with limited_client(settings, max_active_jobs=2) as client:
+    with app_client(settings, max_active_jobs=2) as client:
         first, second = (submit(client).json()["id"] for _ in range(2))
         # A worker ends a job without touching the active set.
-        records.transition(redis_conn, first, "succeeded", allowed_from=("queued",))
+        jobstate.mark_running(redis_conn, first)
+        jobstate.mark_succeeded(redis_conn, first, {})
         assert submit(client).status_code == 202
         # A record that disappears (purged, expired) stops counting too.
         records.delete_job_record(redis_conn, second, records.DEFAULT_TENANT)
         assert submit(client).status_code == 202
-        assert redis_conn.zcard(limits.active_key(records.DEFAULT_TENANT)) == 2
+        assert redis_conn.zcard(keys.active_jobs(records.DEFAULT_TENANT)) == 2
 
 
 def test_a_running_job_whose_worker_vanished_is_reconciled_and_stops_counting(settings, redis_conn):
-    with limited_client(settings, max_active_jobs=1) as client:
+    with app_client(settings, max_active_jobs=1) as client:
         job_id = submit(client).json()["id"]
-        records.transition(redis_conn, job_id, "running", allowed_from=("queued",))
+        jobstate.mark_running(redis_conn, job_id)
         assert submit(client).status_code == 429
         Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer).delete()  # RQ forgot it
         assert submit(client).status_code == 202
@@ -158,7 +150,7 @@ def test_a_running_job_whose_worker_vanished_is_reconciled_and_stops_counting(se
 def test_active_jobs_are_counted_per_tenant(settings, redis_conn):
     limits.admit_job(redis_conn, settings.model_copy(update={"max_active_jobs": 1}), "alice", "a1")
     records.create_job(redis_conn, spec=DIGITS_3_5, tenant="alice", job_id="a1")
-    with limited_client(settings, max_active_jobs=1) as client:  # the open service's `default` tenant
+    with app_client(settings, max_active_jobs=1) as client:  # the open service's `default` tenant
         assert submit(client).status_code == 202
 
 
@@ -166,7 +158,7 @@ def test_active_jobs_are_counted_per_tenant(settings, redis_conn):
 
 
 def test_request_rate_is_429_with_retry_after_on_v1_only(settings):
-    with limited_client(settings, rate_limit_per_minute=3) as client:
+    with app_client(settings, rate_limit_per_minute=3) as client:
         for _ in range(3):
             assert client.get("/v1/datasets").status_code == 200
         refused = client.get("/v1/jobs")
@@ -191,4 +183,4 @@ def test_rate_windows_are_per_tenant_and_per_minute(redis_conn):
         limits.count_request(redis_conn, "alice", 1, now=t0 + 1)
     assert refused.value.headers["Retry-After"] == "39"
     limits.count_request(redis_conn, "alice", 1, now=t0 + 40)  # the next window
-    assert 0 < redis_conn.ttl(limits.rate_key("alice", int(t0 // 60))) <= 120
+    assert 0 < redis_conn.ttl(keys.rate("alice", int(t0 // 60))) <= 120

@@ -9,13 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from fastapi.testclient import TestClient
-
 from service.api import retention
-from service.api.app import create_app
-from service.contract import queue, records
+from service.contract import jobstate, keys, queue, records
 from service.contract.storage import DataDir
-from tests.conftest import REPO_ROOT
+from tests.factories import REPO_ROOT, app_client
 
 DAY = 24 * 3600
 SPEC = {"dataset": {"builtin": "digits"}, "weights": {"source": "init"}}
@@ -27,19 +24,24 @@ def finished_job(
     """A job record ended `age` seconds ago, with an artifact on disk."""
     job = records.create_job(conn, spec=spec or SPEC, tenant=tenant)
     ended = time.time() - age
-    records.transition(conn, job.id, "running", allowed_from=("queued",), fields={"started_at": ended - 5})
-    records.transition(conn, job.id, status, allowed_from=("running",), fields={"finished_at": ended})
+    jobstate.mark_running(conn, job.id, at=ended - 5)
+    if status == "succeeded":
+        jobstate.mark_succeeded(conn, job.id, {}, at=ended)
+    elif status == "failed":
+        jobstate.mark_failed(conn, job.id, "failed in a test", at=ended)
+    else:
+        jobstate.mark_canceled(conn, job.id, at=ended)
     (data_dir.job_dir(job.id)).mkdir(parents=True)
     data_dir.artifact(job.id, "result.json").write_text("{}")
     return job.id
 
 
-def upload(conn, data_dir: DataDir, *, age: float, kind: str = "dataset", tenant: str = "alice") -> str:
+def aged_upload(conn, data_dir: DataDir, *, age: float, kind: str = "dataset", tenant: str = "alice") -> str:
     """A dataset (or weights) record created `age` seconds ago, with its file on disk."""
     record = records.create_dataset(conn, kind=kind, name="x", meta={"n": 2}, tenant=tenant)
     created = time.time() - age
-    conn.hset(records.dataset_key(record["id"]), "created_at", repr(created))
-    conn.zadd(records.datasets_index_key(tenant), {record["id"]: created})
+    conn.hset(keys.dataset(record["id"]), "created_at", repr(created))
+    conn.zadd(keys.datasets_index(tenant), {record["id"]: created})
     path = data_dir.weights_file(record["id"]) if kind == "weights" else data_dir.dataset_file(record["id"])
     path.parent.mkdir(parents=True)
     path.write_bytes(b"data")
@@ -56,9 +58,9 @@ def old_folder(path: Path, age: float) -> Path:
 
 def job_gone(conn, data_dir: DataDir, job_id: str, tenant: str = "alice") -> bool:
     return (
-        not conn.exists(records.job_key(job_id))
-        and not conn.exists(records.events_key(job_id))
-        and conn.zscore(records.jobs_index_key(tenant), job_id) is None
+        not conn.exists(keys.job(job_id))
+        and not conn.exists(keys.job_events(job_id))
+        and conn.zscore(keys.jobs_index(tenant), job_id) is None
         and not data_dir.job_dir(job_id).exists()
     )
 
@@ -72,7 +74,7 @@ def test_expired_finished_jobs_go_with_their_events_index_rq_job_and_files(redis
     queue.enqueue(redis_conn, settings, old["succeeded"])  # an RQ job of the same id, still on the queue
     fresh = finished_job(redis_conn, data_dir, age=DAY)
     waiting = records.create_job(redis_conn, spec=SPEC, tenant="alice").id  # queued, created long ago
-    redis_conn.hset(records.job_key(waiting), "created_at", repr(time.time() - 90 * DAY))
+    redis_conn.hset(keys.job(waiting), "created_at", repr(time.time() - 90 * DAY))
 
     removed = retention.sweep(redis_conn, data_dir, settings)
 
@@ -89,17 +91,17 @@ def test_expired_finished_jobs_go_with_their_events_index_rq_job_and_files(redis
 
 def test_expired_uploads_go_unless_a_queued_or_running_job_uses_them(redis_conn, settings):
     data_dir = DataDir(settings.data_dir)
-    unused = upload(redis_conn, data_dir, age=40 * DAY)
-    unused_weights = upload(redis_conn, data_dir, age=40 * DAY, kind="weights")
-    queued_dataset = upload(redis_conn, data_dir, age=40 * DAY)
-    running_weights = upload(redis_conn, data_dir, age=40 * DAY, kind="weights")
-    finished_user = upload(redis_conn, data_dir, age=40 * DAY)
-    fresh = upload(redis_conn, data_dir, age=DAY)
+    unused = aged_upload(redis_conn, data_dir, age=40 * DAY)
+    unused_weights = aged_upload(redis_conn, data_dir, age=40 * DAY, kind="weights")
+    queued_dataset = aged_upload(redis_conn, data_dir, age=40 * DAY)
+    running_weights = aged_upload(redis_conn, data_dir, age=40 * DAY, kind="weights")
+    finished_user = aged_upload(redis_conn, data_dir, age=40 * DAY)
+    fresh = aged_upload(redis_conn, data_dir, age=DAY)
     records.create_job(redis_conn, spec={"dataset": queued_dataset}, tenant="alice")
     weights = {"source": "upload", "weights": running_weights}
     uses_weights = {"dataset": {"builtin": "digits"}, "weights": weights}
     running = records.create_job(redis_conn, spec=uses_weights)
-    records.transition(redis_conn, running.id, "running", allowed_from=("queued",))
+    jobstate.mark_running(redis_conn, running.id)
     # A job that ended (recently) does not keep its dataset alive.
     finished_job(redis_conn, data_dir, age=60, spec={"dataset": finished_user})
 
@@ -108,7 +110,7 @@ def test_expired_uploads_go_unless_a_queued_or_running_job_uses_them(redis_conn,
     assert sorted(removed["datasets"]) == sorted([unused, unused_weights, finished_user])
     for gone in (unused, unused_weights, finished_user):
         assert records.get_dataset(redis_conn, gone) is None and not data_dir.dataset_dir(gone).exists()
-        assert redis_conn.zscore(records.datasets_index_key("alice"), gone) is None
+        assert redis_conn.zscore(keys.datasets_index("alice"), gone) is None
     for kept in (queued_dataset, fresh):
         assert records.get_dataset(redis_conn, kept) is not None and data_dir.dataset_file(kept).exists()
     assert records.get_dataset(redis_conn, running_weights) is not None
@@ -139,18 +141,18 @@ def test_orphan_folders_and_temp_files_go_once_they_are_an_hour_old(redis_conn, 
 
 def test_index_entries_without_a_record_are_dropped(redis_conn, settings):
     data_dir = DataDir(settings.data_dir)
-    redis_conn.zadd(records.jobs_index_key("bob"), {"ghost-job": 1.0})
-    redis_conn.zadd(records.datasets_index_key("bob"), {"ghost-dataset": 1.0})
+    redis_conn.zadd(keys.jobs_index("bob"), {"ghost-job": 1.0})
+    redis_conn.zadd(keys.datasets_index("bob"), {"ghost-dataset": 1.0})
     live = records.create_job(redis_conn, spec=SPEC, tenant="bob").id
     removed = retention.sweep(redis_conn, data_dir, settings)
     assert removed["index_entries"] == 2
-    assert [m.decode() for m in redis_conn.zrange(records.jobs_index_key("bob"), 0, -1)] == [live]
+    assert [m.decode() for m in redis_conn.zrange(keys.jobs_index("bob"), 0, -1)] == [live]
 
 
 def test_now_moves_the_cutoffs_and_a_second_sweep_finds_nothing(redis_conn, settings):
     data_dir = DataDir(settings.data_dir)
     job = finished_job(redis_conn, data_dir, age=60)
-    dataset = upload(redis_conn, data_dir, age=60)
+    dataset = aged_upload(redis_conn, data_dir, age=60)
     assert retention.sweep(redis_conn, data_dir, settings)["jobs"] == []
     later = time.time() + settings.job_retention_seconds + 1
     removed = retention.sweep(redis_conn, data_dir, settings, now=later)
@@ -162,19 +164,19 @@ def test_now_moves_the_cutoffs_and_a_second_sweep_finds_nothing(redis_conn, sett
 def test_one_sweep_at_a_time_behind_the_redis_lock(redis_conn, settings):
     data_dir = DataDir(settings.data_dir)
     job = finished_job(redis_conn, data_dir, age=40 * DAY)
-    redis_conn.set(retention.LOCK_KEY, "another-process", ex=60)
+    redis_conn.set(keys.RETENTION_LOCK, "another-process", ex=60)
     assert retention.sweep_locked(redis_conn, data_dir, settings) is None
     assert records.get_job(redis_conn, job) is not None
-    redis_conn.delete(retention.LOCK_KEY)
+    redis_conn.delete(keys.RETENTION_LOCK)
     assert retention.sweep_locked(redis_conn, data_dir, settings)["jobs"] == [job]
-    assert not redis_conn.exists(retention.LOCK_KEY)  # released after the sweep
+    assert not redis_conn.exists(keys.RETENTION_LOCK)  # released after the sweep
 
 
 def test_the_api_sweeps_in_the_background(redis_conn, settings):
     settings = settings.model_copy(update={"retention_sweep_seconds": 1})
     data_dir = DataDir(settings.data_dir)
     job = finished_job(redis_conn, data_dir, age=40 * DAY)
-    with TestClient(create_app(settings)) as client:
+    with app_client(settings) as client:
         deadline = time.monotonic() + 15
         while records.get_job(redis_conn, job) is not None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -185,7 +187,7 @@ def test_the_api_sweeps_in_the_background(redis_conn, settings):
 def test_lelastic_gc_runs_one_sweep_and_prints_what_it_removed(redis_conn, settings):
     data_dir = DataDir(settings.data_dir)
     job = finished_job(redis_conn, data_dir, age=40 * DAY)
-    dataset = upload(redis_conn, data_dir, age=40 * DAY)
+    dataset = aged_upload(redis_conn, data_dir, age=40 * DAY)
     env = {
         **os.environ,
         "LELASTIC_REDIS_URL": str(settings.redis_url),

@@ -7,8 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from tests.api.test_events_api import read_stream
-from tests.helpers import tiny_spec
+from tests.factories import read_stream, tiny_spec
 
 TINY_SPEC = tiny_spec(baselines=["kmeans_raw"])
 

@@ -12,18 +12,9 @@ import pytest
 from service.contract import queue as rq_glue
 from service.contract import records
 from service.contract.storage import DataDir
-from tests.faults import (
-    TINY_SPEC,
-    api,
-    start_worker,
-    status_events,
-    stop_worker,
-    submit,
-    wait_for,
-    wait_status,
-)
+from tests.factories import TINY_SPEC, app_client, status_events, stop_worker, submit_id, wait_for, wait_status
 
-pytestmark = pytest.mark.worker
+pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 ITERATIONS = 30
 
@@ -35,21 +26,20 @@ def in_started_registry(conn, queue: str, job_id: str) -> bool:
 FINAL = ("succeeded", "failed", "canceled")
 
 
-@pytest.mark.slow
-def test_cancel_racing_completion_ends_in_exactly_one_final_state(settings, redis_conn, tmp_path):
+def test_cancel_racing_completion_ends_in_exactly_one_final_state(settings, redis_conn, tmp_path, start_worker):
     quick = settings.model_copy(update={"worker_heartbeat_seconds": 1})
     data_dir = DataDir(quick.data_dir)
     rng = random.Random(1234)
     worker = start_worker(quick, tmp_path / "logs")
     outcomes: list[str] = []
     try:
-        with api(quick) as client:
-            warm = submit(client, TINY_SPEC)  # the first job pays for lazy imports; time the rest
+        with app_client(quick) as client:
+            warm = submit_id(client, TINY_SPEC)  # the first job pays for lazy imports; time the rest
             wait_status(redis_conn, warm, FINAL, timeout=60)
             took = records.get_job(redis_conn, warm)
             runtime = max(0.2, took.finished_at - took.started_at)
             for _ in range(ITERATIONS):
-                job_id = submit(client, TINY_SPEC)
+                job_id = submit_id(client, TINY_SPEC)
                 delay = rng.uniform(0.0, runtime * 2.5)
                 answers: list[int] = []
 

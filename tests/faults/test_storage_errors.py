@@ -4,36 +4,14 @@ file, or the worker runs under a file-size limit (RLIMIT_FSIZE: the disk "fills 
 
 from __future__ import annotations
 
-import resource
-import signal
-import subprocess
-import sys
-
 import pytest
 
 from service.contract import queue as rq_glue
 from service.contract import records
 from service.contract.storage import ARTIFACT_TYPES, DataDir
-from tests.faults import REPO_ROOT, TINY_SPEC, api, worker_env
+from tests.factories import TINY_SPEC, app_client
 
-pytestmark = pytest.mark.worker
-
-
-def run_burst_worker(settings, file_size_limit: int | None = None) -> subprocess.CompletedProcess:
-    def limit() -> None:
-        if file_size_limit is not None:
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
-
-    return subprocess.run(
-        [sys.executable, "-B", "-c", "from workers.main import run_worker; run_worker(burst=True)"],
-        cwd=REPO_ROOT,
-        env=worker_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=limit,
-    )
+pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 
 def assert_nothing_served(client, job_id: str) -> None:
@@ -42,15 +20,15 @@ def assert_nothing_served(client, job_id: str) -> None:
         assert client.get(f"/v1/jobs/{job_id}/artifacts/{name}").status_code == 404, name
 
 
-def test_a_job_folder_that_cannot_be_created_fails_the_job_with_a_storage_error(settings, redis_conn):
+def test_a_job_folder_that_cannot_be_created_fails_the_job_with_a_storage_error(settings, redis_conn, run_worker_burst):
     data_dir = DataDir(settings.data_dir)
-    with api(settings) as client:
+    with app_client(settings) as client:
         job_id = records.create_job(redis_conn, spec=TINY_SPEC).id
         data_dir.job_dir(job_id).write_text("in the way")  # mkdir of jobs/<id> fails
         rq_glue.enqueue(redis_conn, settings, job_id)
         other = records.create_job(redis_conn, spec=TINY_SPEC).id
         rq_glue.enqueue(redis_conn, settings, other)
-        done = run_burst_worker(settings)
+        done = run_worker_burst(settings)
         assert done.returncode == 0, done.stderr[-3000:]
 
         record = records.get_job(redis_conn, job_id)
@@ -60,13 +38,13 @@ def test_a_job_folder_that_cannot_be_created_fails_the_job_with_a_storage_error(
         assert records.get_job(redis_conn, other).status == "succeeded", "the next job still ran"
 
 
-def test_a_disk_that_fills_up_mid_write_leaves_no_partial_artifact(settings, redis_conn):
+def test_a_disk_that_fills_up_mid_write_leaves_no_partial_artifact(settings, redis_conn, run_worker_burst):
     data_dir = DataDir(settings.data_dir)
-    with api(settings) as client:
+    with app_client(settings) as client:
         job_id = records.create_job(redis_conn, spec=TINY_SPEC).id
         rq_glue.enqueue(redis_conn, settings, job_id)
         # similarity.npy (40 × 40 float32, 6.5 kB) fits; the model's weights (about 20 kB) do not
-        done = run_burst_worker(settings, file_size_limit=10_000)
+        done = run_worker_burst(settings, file_size_limit=10_000)
         assert done.returncode == 0, done.stderr[-3000:]
 
         record = records.get_job(redis_conn, job_id)

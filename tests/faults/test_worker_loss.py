@@ -9,34 +9,31 @@ import time
 
 import pytest
 
-from tests.faults import (
-    alive,
-    api,
-    children,
+from service.cli.supervisor import _alive, descendants
+from tests.factories import (
+    app_client,
     long_spec,
-    start_worker,
     status_events,
     stop_worker,
-    submit,
+    submit_id,
     wait_for,
     wait_status,
     worker_log,
     worker_running,
 )
 
-pytestmark = pytest.mark.worker
+pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 
 def kill_worker_running(conn, job_id: str, timeout: float = 60) -> tuple[int, list[int]]:
     """SIGKILL the worker process running `job_id`; returns (its pid, its horse pids)."""
     pid, _ = wait_for(lambda: worker_running(conn, job_id), timeout, message=f"no worker runs {job_id}")
-    horses = wait_for(lambda: children(pid), 10, message="the worker has no work-horse")
+    horses = wait_for(lambda: descendants(pid), 10, message="the worker has no work-horse")
     os.kill(pid, signal.SIGKILL)
     return pid, horses
 
 
-@pytest.mark.slow
-def test_with_default_timings_a_killed_workers_job_succeeds_within_90_s(settings, redis_conn, tmp_path):
+def test_with_default_timings_a_killed_workers_job_succeeds_within_90_s(settings, redis_conn, tmp_path, start_worker):
     # The shipped heartbeat (10 s) and sweep interval (30 s): the bound the README promises.
     timings = {"job_retries": 1, "worker_heartbeat_seconds": 10, "maintenance_interval": 30}
     defaults = settings.model_copy(update=timings)
@@ -44,13 +41,13 @@ def test_with_default_timings_a_killed_workers_job_succeeds_within_90_s(settings
     assert defaults.maintenance_interval == type(settings)().maintenance_interval
     workers = [start_worker(defaults, tmp_path / "logs") for _ in range(2)]
     try:
-        with api(defaults) as client:
-            job_id = submit(client, long_spec(3000))
+        with app_client(defaults) as client:
+            job_id = submit_id(client, long_spec(3000))
             wait_status(redis_conn, job_id, ("running",), timeout=60)
             time.sleep(1.0)
             pid, horses = kill_worker_running(redis_conn, job_id)
             killed_at = time.monotonic()
-            wait_for(lambda: not any(alive(h) for h in horses), 10, message="the horse outlived its worker")
+            wait_for(lambda: not any(_alive(h) for h in horses), 10, message="the horse outlived its worker")
 
             def done():
                 # through the API: its reconcile must not fail a job RQ is about to run again
@@ -72,13 +69,13 @@ def test_with_default_timings_a_killed_workers_job_succeeds_within_90_s(settings
             stop_worker(worker)
 
 
-def test_once_retries_are_spent_a_lost_workers_job_fails_with_worker_lost(settings, redis_conn, tmp_path):
+def test_once_retries_are_spent_a_lost_workers_job_fails_with_worker_lost(settings, redis_conn, tmp_path, start_worker):
     timings = {"job_retries": 1, "worker_heartbeat_seconds": 1, "maintenance_interval": 2}
     fast = settings.model_copy(update=timings)
     workers = [start_worker(fast, tmp_path / "logs") for _ in range(3)]
     try:
-        with api(fast) as client:
-            job_id = submit(client, long_spec(10000))
+        with app_client(fast) as client:
+            job_id = submit_id(client, long_spec(10000))
             wait_status(redis_conn, job_id, ("running",), timeout=60)
             first, _ = kill_worker_running(redis_conn, job_id)
             # the retry: queued again by a surviving worker's sweep, then run by one of them

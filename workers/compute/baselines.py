@@ -66,7 +66,8 @@ def run_baselines(
         raise ValueError(f"unknown baselines {unknown}; expected names from {BASELINES}")
 
     def kmeans(Z: np.ndarray) -> np.ndarray:
-        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(Z)
+        labels: np.ndarray = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(Z)
+        return labels
 
     out: dict[str, np.ndarray] = {}
     for name in names:

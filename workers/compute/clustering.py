@@ -102,7 +102,7 @@ def _kernel_distances(K: np.ndarray, diag: np.ndarray, labels: np.ndarray, k: in
     KH = K @ H  # (n, k): sum_{j in c} K_ij
     within = np.einsum("jc,jc->c", H, KH)  # sum_{j,l in c} K_jl
     with np.errstate(divide="ignore", invalid="ignore"):
-        dist = diag[:, None] - 2.0 * KH / counts + within / counts**2
+        dist: np.ndarray = diag[:, None] - 2.0 * KH / counts + within / counts**2
     dist[:, counts == 0] = np.inf
     return dist
 
@@ -174,13 +174,14 @@ def kernel_kmeans(
     if n_init < 1 or max_iter < 1:
         raise ValueError(f"n_init and max_iter must be ≥ 1, got {n_init} and {max_iter}")
     K = (K + K.T) / 2.0
-    n = K.shape[0]
+    n: int = K.shape[0]
     diag = np.diag(K).copy()
     rng = np.random.default_rng(seed)
     rows = np.arange(n)
-    best_labels, best_obj = None, np.inf
+    best_labels: np.ndarray | None = None
+    best_obj = np.inf
     for _ in range(n_init):
-        labels = rng.integers(0, k, size=n)
+        labels: np.ndarray = rng.integers(0, k, size=n)
         labels = _fill_empty(labels, _kernel_distances(K, diag, labels, k), k)
         for _ in range(max_iter):
             dist = _kernel_distances(K, diag, labels, k)
@@ -191,6 +192,8 @@ def kernel_kmeans(
         obj = float(_kernel_distances(K, diag, labels, k)[rows, labels].sum())
         if best_labels is None or obj < best_obj:
             best_labels, best_obj = labels, obj
+    if best_labels is None:
+        raise AssertionError("n_init ≥ 1 restarts always keep labels")
     return _relabel(best_labels), best_obj
 
 

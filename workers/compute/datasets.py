@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SYNTHETIC = ("torus", "two_folded_boxes", "double_helix", "two_cosines", "two_spheres", "two_cycles")
-BUILTINS = ("digits", *SYNTHETIC)
+from service.contract.spec import BUILTINS
+from service.contract.spec import SYNTHETIC_BUILTINS as SYNTHETIC
 
 TORUS_R, TORUS_K = 8.0, 4
 BOX_K, BOX_BIAS, BOX_DELTA = 1.2, 12.0, 1.0
@@ -123,7 +123,8 @@ def embed(name: str, coords: np.ndarray, *, label: int) -> np.ndarray:
 def _wrapped(diff: np.ndarray) -> np.ndarray:
     """Shortest way round a circle: min(|Δ| mod 2π, 2π − |Δ| mod 2π)."""
     d = np.mod(np.abs(diff), 2 * np.pi)
-    return np.minimum(d, 2 * np.pi - d)
+    wrapped: np.ndarray = np.minimum(d, 2 * np.pi - d)
+    return wrapped
 
 
 def geodesic_distances(name: str, coords_a: np.ndarray, coords_b: np.ndarray, *, label: int = 1) -> np.ndarray:
@@ -155,14 +156,16 @@ def geodesic_distances(name: str, coords_a: np.ndarray, coords_b: np.ndarray, *,
     if name in ("torus", "two_cycles"):
         return _wrapped(a[:, None, 0] - b[None, :, 0])
     if name in ("double_helix", "two_cosines"):
-        return np.abs(a[:, None, 0] - b[None, :, 0])
+        along: np.ndarray = np.abs(a[:, None, 0] - b[None, :, 0])
+        return along
     if name == "two_spheres":
         (ta, pa), (tb, pb) = a.T, b.T
         h = (
             np.sin((ta[:, None] - tb[None, :]) / 2) ** 2
             + np.sin(ta)[:, None] * np.sin(tb)[None, :] * np.sin((pa[:, None] - pb[None, :]) / 2) ** 2
         )
-        return 2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+        angle: np.ndarray = 2 * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+        return angle
     if name == "two_folded_boxes":
         half_width = _box_offset(label) / BOX_K
         slope = np.sqrt(1 + BOX_K**2)
@@ -170,11 +173,13 @@ def geodesic_distances(name: str, coords_a: np.ndarray, coords_b: np.ndarray, *,
 
         def arc(c: np.ndarray) -> np.ndarray:  # arc length round the rhombus from (−c/K, 0)
             x, face = c[:, 0], c[:, 1]
-            return slope * np.where(face > 0, x + half_width, 3 * half_width - x)
+            length: np.ndarray = slope * np.where(face > 0, x + half_width, 3 * half_width - x)
+            return length
 
         ds = np.mod(np.abs(arc(a)[:, None] - arc(b)[None, :]), perimeter)
         loop = np.minimum(ds, perimeter - ds)
-        return np.hypot(loop, a[:, None, 2] - b[None, :, 2])
+        unrolled: np.ndarray = np.hypot(loop, a[:, None, 2] - b[None, :, 2])
+        return unrolled
     raise ValueError(f"no geodesic distance for dataset {name!r}; expected one of {SYNTHETIC}")
 
 

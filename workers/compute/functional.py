@@ -9,9 +9,16 @@ first produced as Q_ij = Δz_ij / (−s_i) (so Q → K_z as η → 0) and then t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, vjp, vmap
+
+from workers.compute.kinds import step_kind
+
+#: Parameter name → tensor, as `torch.func.functional_call` takes them.
+Params = dict[str, torch.Tensor]
 
 
 def dloss_dz(z: torch.Tensor, y: torch.Tensor | float, loss: str) -> torch.Tensor:
@@ -40,8 +47,10 @@ def rows_to_similarity(Q: torch.Tensor, z_base: torch.Tensor, s: torch.Tensor, *
     """Similarity rows from Q [n, n] (Q_ij = Δz_ij / (−s_i), or K_z(i, j) where s_i = 0).
 
     z_base: logits before the step, [n] (same θ for every row) or [n, n] (row i's θ). s [n].
-    kernelized: Δf_ij / (−η ∂L/∂f at (x_i, 1)); relative: |Δf_ij| / |Δf_ii|. Returns [n, n].
+    kernelized: Δf_ij / (−η ∂L/∂f at (x_i, 1)); relative: |Δf_ij| / |Δf_ii| (workers/compute/kinds.py).
+    Returns [n, n].
     """
+    finish = step_kind(kind).from_rows
     zb = z_base if z_base.dim() == 2 else z_base.unsqueeze(0)
     zi = torch.diagonal(z_base) if z_base.dim() == 2 else z_base
     Q = Q.to(zb.dtype)
@@ -53,33 +62,51 @@ def rows_to_similarity(Q: torch.Tensor, z_base: torch.Tensor, s: torch.Tensor, *
         R = torch.where(zero, dfdz(zb, loss) * Q, R)  # the η → 0 limit of Δf / (−s_i)
     else:
         R = Q
-    if kind == "kernelized":
-        return dfdz(zi, loss).unsqueeze(1) * R
-    if kind == "relative":
-        diag = torch.diagonal(R).abs().unsqueeze(1)
-        return torch.where(diag > 0, R.abs() / torch.where(diag > 0, diag, 1), torch.zeros_like(R))
-    raise ValueError(f"unknown similarity kind {kind!r}")
+    return finish(R, dfdz(zi, loss))
 
 
-def float64_params(model: nn.Module) -> dict[str, torch.Tensor]:
+def float64_params(model: nn.Module) -> Params:
     """Detached float64 copies of the model's parameters (the model itself is not modified)."""
     return {k: v.detach().to(torch.float64).clone() for k, v in model.named_parameters()}
 
 
-def predict(model: nn.Module, params: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+def predict(model: nn.Module, params: Params, X: torch.Tensor) -> torch.Tensor:
     """z [n] of `model` with `params` at X [n, ...]."""
-    return functional_call(model, params, (X,))
+    z: torch.Tensor = functional_call(model, params, (X,))
+    return z
 
 
-def per_example_grads(model: nn.Module, params: dict[str, torch.Tensor], X: torch.Tensor) -> dict:
+def per_example_grads(model: nn.Module, params: Params, X: torch.Tensor) -> Params:
     """∇θ z(x_i) for X [c, ...]: name → [c, *shape]."""
-    return vmap(grad(lambda p, x: predict(model, p, x.unsqueeze(0))[0]), in_dims=(None, 0))(params, X)
+
+    def z_single(p: Params, x: torch.Tensor) -> torch.Tensor:
+        return predict(model, p, x.unsqueeze(0))[0]
+
+    grads: Callable[[Params, torch.Tensor], Params] = vmap(grad(z_single), in_dims=(None, 0))
+    return grads(params, X)
 
 
-def kernel_rows(model: nn.Module, params: dict, X: torch.Tensor, grads: dict) -> torch.Tensor:
-    """K_z rows [c, n] = ⟨∇θ z(x_i), ∇θ z(x_j)⟩ as Jacobian-vector products along the c gradients."""
+def kernel_rows(model: nn.Module, params: Params, X: torch.Tensor, grads: Params) -> torch.Tensor:
+    """K_z rows [c, n] = ⟨∇θ z(x_i), ∇θ z(x_j)⟩ = J g_i for the c gradients g_i (grads: name → [c, *shape]).
 
-    def row(g):
-        return jvp(lambda p: predict(model, p, X), (params,), (g,))[1]
+    J [n, P] is the Jacobian of z at X. J g is the gradient in u of ⟨Jᵀ u, g⟩, which is linear in u:
+    two reverse-mode passes, no forward-mode AD.
+    """
 
-    return vmap(row)(grads)
+    def z_at_X(p: Params) -> torch.Tensor:
+        return predict(model, p, X)
+
+    def row(g: Params) -> torch.Tensor:
+        def pulled_back_dot_g(u: torch.Tensor) -> torch.Tensor:
+            pull_back = vjp(z_at_X, params)[1]
+            cotangents: Params = pull_back(u)[0]
+            total = torch.zeros((), dtype=u.dtype, device=u.device)
+            for name, tangent in g.items():
+                total = total + (cotangents[name] * tangent).sum()
+            return total
+
+        K_row: torch.Tensor = grad(pulled_back_dot_g)(torch.zeros(X.shape[0], dtype=X.dtype, device=X.device))
+        return K_row
+
+    rows: torch.Tensor = vmap(row)(grads)
+    return rows

@@ -1,41 +1,52 @@
-"""Models of the job spec as torch modules with one scalar output.
+"""The torch module of each architecture of the registry (service.contract.architectures).
 
-Every model maps X of shape [n, *input_shape] to z of shape [n] (pre-sigmoid). Parameter names and
-shapes equal `service.contract.spec.parameter_shapes(spec, input_shape)`.
+Every model maps X of shape [n, *input_shape] to z of shape [n] (pre-sigmoid). Its parameter names
+and shapes are its registry entry's `parameter_shapes(spec, input_shape)` (tests/contract checks that),
+and `BUILDERS` maps each registry name to the module class that builds it from (spec, input_shape).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.contract.spec import (
+from service.contract.architectures import (
+    ArchitectureSpec,
     CNNModel,
     LinearModel,
     MLPModel,
     ResMLPModel,
     cnn_geometry,
     image_shape,
-    parameter_shapes,
 )
+from workers.compute.propagation import activation_difference, linear_difference
+from workers.compute.scalar_net import LayerFactors, ScalarNet, linear_layers
 
-ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "gelu": F.gelu}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "gelu": F.gelu,
+}
 
 
-class LayeredNet(nn.Module):
-    """`depth` Linear layers with `activation` between them (None: a linear network).
+class LayeredNet(ScalarNet):
+    """linear and mlp: `depth` Linear layers with the spec's activation between them (linear: none).
 
     forward: X [n, *shape] → z [n].
     """
 
-    def __init__(self, d: int, width: int, depth: int, activation: str | None):
-        super().__init__()
-        sizes = [d] + [width] * (depth - 1) + [1]
-        self.layers = nn.ModuleList([nn.Linear(sizes[k], sizes[k + 1]) for k in range(depth)])
-        self.activation = activation
+    def __init__(self, spec: LinearModel | MLPModel, input_shape: Sequence[int]) -> None:
+        super().__init__(spec)
+        d = math.prod(input_shape)
+        sizes = [d] + [spec.width] * (spec.depth - 1) + [1]
+        self.layers = nn.ModuleList([nn.Linear(sizes[k], sizes[k + 1]) for k in range(spec.depth)])
+        self.activation = self.capabilities.activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], -1)
@@ -46,27 +57,48 @@ class LayeredNet(nn.Module):
                 h = act(h)
         return h[:, 0]
 
+    def probe_differences(self, factors: LayerFactors, probe: LayerFactors, s: torch.Tensor) -> torch.Tensor:
+        """Δz [B, n]: the differences propagated through the layers in turn."""
+        da: torch.Tensor | None = None
+        layers = linear_layers(self)
+        for k, (layer, (a, _)) in enumerate(zip(layers, factors, strict=True)):
+            du = linear_difference(layer, a, da, *probe[k], s)
+            if k == len(layers) - 1:
+                return du[..., 0]
+            da = activation_difference(layer(a), du, self.activation)
+        raise AssertionError("unreachable")
 
-class ResMLP(nn.Module):
+
+class ResMLP(ScalarNet):
     """h1 = relu(fc1 x), h2 = relu(fc2 h1), z = out(h1 + h2). X [n, *shape] → z [n]."""
 
-    def __init__(self, d: int, width: int):
-        super().__init__()
-        self.fc1 = nn.Linear(d, width)
-        self.fc2 = nn.Linear(width, width)
-        self.out = nn.Linear(width, 1)
+    def __init__(self, spec: ResMLPModel, input_shape: Sequence[int]) -> None:
+        super().__init__(spec)
+        d = math.prod(input_shape)
+        self.fc1 = nn.Linear(d, spec.width)
+        self.fc2 = nn.Linear(spec.width, spec.width)
+        self.out = nn.Linear(spec.width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h1 = torch.relu(self.fc1(x.reshape(x.shape[0], -1)))
         h2 = torch.relu(self.fc2(h1))
-        return self.out(h1 + h2)[:, 0]
+        z: torch.Tensor = self.out(h1 + h2)[:, 0]
+        return z
+
+    def probe_differences(self, factors: LayerFactors, probe: LayerFactors, s: torch.Tensor) -> torch.Tensor:
+        """Δz [B, n]: Δh1 and Δh2 by the two ReLU layers, then `out` sees Δh1 + Δh2."""
+        (x, _), (h1, _), (h12, _) = factors
+        u1, u2 = self.fc1(x), self.fc2(h1)
+        dh1 = activation_difference(u1, linear_difference(self.fc1, x, None, *probe[0], s), "relu")
+        dh2 = activation_difference(u2, linear_difference(self.fc2, h1, dh1, *probe[1], s), "relu")
+        return linear_difference(self.out, h12, dh1.add_(dh2), *probe[2], s)[..., 0]
 
 
-class CNN(nn.Module):
+class CNN(ScalarNet):
     """LeNet-style net of PyTorch's MNIST example. X [n, *shape] → image [n, C, H, W] → z [n]."""
 
-    def __init__(self, input_shape: list[int]):
-        super().__init__()
+    def __init__(self, spec: CNNModel, input_shape: Sequence[int]) -> None:
+        super().__init__(spec)
         geometry = cnn_geometry(input_shape)
         self.image = image_shape(input_shape)
         p = geometry["padding"]
@@ -80,33 +112,28 @@ class CNN(nn.Module):
         h = F.max_pool2d(torch.relu(self.conv1(h)), 2)
         h = F.max_pool2d(torch.relu(self.conv2(h)), 2)
         h = torch.relu(self.fc1(h.flatten(1)))
-        return self.fc2(h)[:, 0]
+        z: torch.Tensor = self.fc2(h)[:, 0]
+        return z
 
 
-def build_model(
-    spec: LinearModel | MLPModel | ResMLPModel | CNNModel, input_shape: list[int], *, seed: int
-) -> nn.Module:
+#: Registry name → the module class that builds it from (spec, input_shape).
+BUILDERS: dict[str, Callable[[Any, Sequence[int]], ScalarNet]] = {
+    "mlp": LayeredNet,
+    "linear": LayeredNet,
+    "resmlp": ResMLP,
+    "cnn": CNN,
+}
+
+
+def build_model(spec: ArchitectureSpec, input_shape: Sequence[int], *, seed: int) -> ScalarNet:
     """The float32 model of `spec` for examples of `input_shape`, default PyTorch init seeded by `seed`.
 
     The global RNG is left untouched (fork_rng); the same seed gives bitwise identical weights.
     """
-    d = math.prod(input_shape)
+    build = BUILDERS[spec.arch]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if isinstance(spec, LinearModel):
-            model: nn.Module = LayeredNet(d, spec.width, spec.depth, None)
-        elif isinstance(spec, MLPModel):
-            model = LayeredNet(d, spec.width, spec.depth, spec.activation)
-        elif isinstance(spec, ResMLPModel):
-            model = ResMLP(d, spec.width)
-        elif isinstance(spec, CNNModel):
-            model = CNN(list(input_shape))
-        else:
-            raise TypeError(f"unknown model spec {spec!r}")
-    expected = parameter_shapes(spec, list(input_shape))
-    actual = {name: list(p.shape) for name, p in model.named_parameters()}
-    assert actual == expected, (actual, expected)
-    return model
+        return build(spec, list(input_shape))
 
 
 def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -2,26 +2,31 @@
 
 Three implementations (`implementation` argument):
 
-- "closed_form": 2-layer nets (mlp depth 2, linear depth 1 and 2), pure GEMMs.
-- "layerwise": compositions of nn.Linear layers and pointwise functions (linear, mlp, resmlp): one
-  forward/backward with hooks, K = Σ_l (G_l G_lᵀ) ⊙ (A_l A_lᵀ + 1).
+- "closed_form": 1- and 2-layer nets (capability closed_form_ntk: mlp depth 2, linear depth 1 and 2),
+  pure GEMMs.
+- "layerwise": compositions of nn.Linear layers and pointwise functions (capability layerwise_ntk:
+  linear, mlp, resmlp): one forward/backward with hooks, K = Σ_l (G_l G_lᵀ) ⊙ (A_l A_lᵀ + 1).
 - "jacobian": any model, torch.func per-example Jacobians tiled under a memory budget.
 
-"auto" picks the first that applies. The result has the dtype of the model's parameters (X is cast to
-it) and lives on their device.
+"auto" picks the first that the model's capabilities (service.contract.architectures) allow. The
+result has the dtype of the model's parameters (X is cast to it) and lives on their device.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
+from torch.utils.hooks import RemovableHandle
 
-from workers.compute.models import LayeredNet, ResMLP
 from workers.compute.progress import Progress, Throttle
+from workers.compute.scalar_net import LayerFactors, capabilities_of, linear_layers
+
+#: fn(params, X_chunk [c, ...]) → per-example Jacobians of z, J [c, P].
+JacobianFn = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
 IMPLEMENTATIONS = ("auto", "closed_form", "layerwise", "jacobian")
 DEFAULT_MAX_BYTES = 2 * 2**30
@@ -70,32 +75,28 @@ def _flat(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
     return X.reshape(X.shape[0], -1).to(device=p.device, dtype=p.dtype)
 
 
-def is_two_layer(model: nn.Module) -> bool:
-    """True for LayeredNet models with at most 2 Linear layers (closed form applies)."""
-    return isinstance(model, LayeredNet) and len(model.layers) <= 2
-
-
-def two_layer_features(model: LayeredNet, X: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Hidden quantities of a depth-2 LayeredNet at X [n, ...] (float, model dtype).
+def two_layer_features(model: nn.Module, X: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Hidden quantities of a 2-layer net (closed_form_ntk, two Linear layers) at X [n, ...] (model dtype).
 
     Returns X [n, d], U = X W1ᵀ + b1 [n, m], H = σ(U), D = σ'(U) (all [n, m]), a = W2[0] [m], c [].
     """
     Xf = _flat(model, X)
-    first, second = model.layers
+    first, second = linear_layers(model)
     U = torch.addmm(first.bias, Xf, first.weight.t())
-    H, D = activation_and_derivative(U, model.activation)
+    H, D = activation_and_derivative(U, capabilities_of(model).activation)
     return {"X": Xf, "U": U, "H": H, "D": D, "a": second.weight[0], "c": second.bias[0]}
 
 
 @torch.no_grad()
 def ntk_closed_form(model: nn.Module, X: torch.Tensor, *, progress: Progress | None = None) -> torch.Tensor:
-    """K [n, n] for a LayeredNet of depth 1 (X Xᵀ + 1) or 2 (H Hᵀ + (D A² Dᵀ) ⊙ (X Xᵀ + 1) + 1)."""
-    if not is_two_layer(model):
-        raise ValueError("closed_form needs an mlp or linear model of depth 1 or 2")
-    if len(model.layers) == 1:
+    """K [n, n] for one Linear layer (X Xᵀ + 1) or two (H Hᵀ + (D A² Dᵀ) ⊙ (X Xᵀ + 1) + 1)."""
+    if not capabilities_of(model).closed_form_ntk:
+        raise ValueError("closed_form needs a model with the capability closed_form_ntk (mlp or linear of depth ≤ 2)")
+    layers = linear_layers(model)
+    if len(layers) == 1:
         Xf = _flat(model, X)
         return torch.addmm(torch.ones((), dtype=Xf.dtype, device=Xf.device), Xf, Xf.t())
-    first, second = model.layers
+    first = layers[0]
     Xf = _flat(model, X)
     n, m, size = Xf.shape[0], first.weight.shape[0], Xf.element_size()
     if 2 * n * m * size <= max(n * n * size, _BLOCK_BYTES):
@@ -110,16 +111,17 @@ def symmetric_row_blocks(n: int, element_size: int = 4) -> list[slice]:
     return [slice(start, min(n, start + block)) for start in range(0, n, block)]
 
 
-def _closed_form_by_rows(model: LayeredNet, Xf: torch.Tensor, report: Throttle | None = None) -> torch.Tensor:
+def _closed_form_by_rows(model: nn.Module, Xf: torch.Tensor, report: Throttle | None = None) -> torch.Tensor:
     """K [n, n] with H and D a [n, m] whole in memory, one block of rows at a time.
 
     K is symmetric: each row block is multiplied only from its own first row on (the upper block
     triangle, about half the flops), then mirrored. Peak memory: n² + 2 n m + 3 block × n.
     """
-    first, second = model.layers
+    first, second = linear_layers(model)
+    activation = capabilities_of(model).activation
     n = Xf.shape[0]
     one = torch.ones((), dtype=Xf.dtype, device=Xf.device)
-    H, Da = activation_and_derivative(torch.addmm(first.bias, Xf, first.weight.t()), model.activation, inplace=True)
+    H, Da = activation_and_derivative(torch.addmm(first.bias, Xf, first.weight.t()), activation, inplace=True)
     Da.mul_(second.weight[0])
     K = torch.empty((n, n), dtype=Xf.dtype, device=Xf.device)
     blocks = symmetric_row_blocks(n, Xf.element_size())
@@ -136,9 +138,10 @@ def _closed_form_by_rows(model: LayeredNet, Xf: torch.Tensor, report: Throttle |
     return K
 
 
-def _closed_form_by_hidden_units(model: LayeredNet, Xf: torch.Tensor, report: Throttle | None = None) -> torch.Tensor:
+def _closed_form_by_hidden_units(model: nn.Module, Xf: torch.Tensor, report: Throttle | None = None) -> torch.Tensor:
     """K [n, n] accumulated over chunks of hidden units (for m ≫ n). Peak memory: 2 n² + O(n · chunk)."""
-    first, second = model.layers
+    first, second = linear_layers(model)
+    activation = capabilities_of(model).activation
     n, m = Xf.shape[0], first.weight.shape[0]
     one = torch.ones((), dtype=Xf.dtype, device=Xf.device)
     K = torch.empty((n, n), dtype=Xf.dtype, device=Xf.device)  # Σ H Hᵀ, then the result
@@ -147,7 +150,7 @@ def _closed_form_by_hidden_units(model: LayeredNet, Xf: torch.Tensor, report: Th
     for c in range(0, m, chunk):
         cols = slice(c, min(m, c + chunk))
         H, Da = activation_and_derivative(
-            torch.addmm(first.bias[cols], Xf, first.weight[cols].t()), model.activation, inplace=True
+            torch.addmm(first.bias[cols], Xf, first.weight[cols].t()), activation, inplace=True
         )
         Da.mul_(second.weight[0, cols])
         beta = 0 if c == 0 else 1  # beta = 0 ignores the uninitialised buffers
@@ -161,23 +164,25 @@ def _closed_form_by_hidden_units(model: LayeredNet, Xf: torch.Tensor, report: Th
     return K
 
 
-def _linear_layers(model: nn.Module) -> list[nn.Linear]:
-    if not isinstance(model, LayeredNet | ResMLP):
-        raise ValueError("layerwise needs a linear, mlp or resmlp model (Linear layers + pointwise maps)")
-    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+def layer_factors(model: nn.Module, X: torch.Tensor) -> LayerFactors:
+    """[(A_l [n, in], G_l [n, out])] per Linear layer: its input and ∂(Σ z)/∂(its output).
 
-
-def layer_factors(model: nn.Module, X: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[(A_l [n, in], G_l [n, out])] per Linear layer: its input and ∂(Σ z)/∂(its output)."""
-    layers = _linear_layers(model)
+    Needs the capability layerwise_ntk (Linear layers and pointwise maps only).
+    """
+    if not capabilities_of(model).layerwise_ntk:
+        raise ValueError("layerwise needs a model with the capability layerwise_ntk (Linear layers + pointwise maps)")
+    layers = linear_layers(model)
     inputs: dict[int, torch.Tensor] = {}
     grads: dict[int, torch.Tensor] = {}
-    handles = []
+    handles: list[RemovableHandle] = []
 
-    def make_hook(k: int):
-        def hook(module, args, output):
+    def make_hook(k: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def keep_gradient(g: torch.Tensor) -> None:
+            grads[k] = g.detach()
+
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             inputs[k] = args[0].detach()
-            output.register_hook(lambda g: grads.__setitem__(k, g.detach()))
+            output.register_hook(keep_gradient)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
 
         return hook
 
@@ -212,16 +217,17 @@ def ntk_layerwise(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
     return K
 
 
-def _jacobian_fn(model: nn.Module):
+def _jacobian_fn(model: nn.Module) -> tuple[dict[str, torch.Tensor], JacobianFn]:
     """(params dict, fn(params, X_chunk) → J [c, P]) for per-example Jacobians of z."""
     params = {k: v.detach() for k, v in model.named_parameters()}
 
-    def z_single(p, x):
-        return functional_call(model, p, (x.unsqueeze(0),))[0]
+    def z_single(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        z: torch.Tensor = functional_call(model, p, (x.unsqueeze(0),))[0]
+        return z
 
-    per_example = vmap(jacrev(z_single), in_dims=(None, 0))
+    per_example: Callable[..., dict[str, torch.Tensor]] = vmap(jacrev(z_single), in_dims=(None, 0))
 
-    def jac(p, Xc):
+    def jac(p: dict[str, torch.Tensor], Xc: torch.Tensor) -> torch.Tensor:
         J = per_example(p, Xc)
         return torch.cat([J[k].reshape(Xc.shape[0], -1) for k in p], dim=1)
 
@@ -278,9 +284,10 @@ def resolve_implementation(model: nn.Module, implementation: str = "auto") -> st
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation != "auto":
         return implementation
-    if is_two_layer(model):
+    capabilities = capabilities_of(model)
+    if capabilities.closed_form_ntk:
         return "closed_form"
-    if isinstance(model, LayeredNet | ResMLP):
+    if capabilities.layerwise_ntk:
         return "layerwise"
     return "jacobian"
 
@@ -309,14 +316,17 @@ def ntk_diagonal(model: nn.Module, X: torch.Tensor, *, max_bytes: int = DEFAULT_
     """diag(K) [n] = ‖∇θ z(x_i)‖², without forming the n × n matrix."""
     which = resolve_implementation(model)
     with torch.no_grad():
-        if which == "closed_form" and len(model.layers) == 2:
+        if which == "closed_form" and len(linear_layers(model)) == 2:
             f = two_layer_features(model, X)
             e = (f["X"] * f["X"]).sum(1) + 1
             return (f["H"] ** 2).sum(1) + ((f["D"] * f["a"]) ** 2).sum(1) * e + 1
     if which in ("closed_form", "layerwise"):
         factors = layer_factors(model, X)
         with torch.no_grad():
-            return sum((G * G).sum(1) * ((A * A).sum(1) + 1) for A, G in factors)
+            diagonal = torch.zeros((), dtype=factors[0][0].dtype, device=factors[0][0].device)
+            for A, G in factors:
+                diagonal = diagonal + (G * G).sum(1) * ((A * A).sum(1) + 1)
+            return diagonal
     params, jac = _jacobian_fn(model)
     P = sum(v.numel() for v in params.values())
     Xd = X.to(dtype=_param_dtype(model), device=next(model.parameters()).device)

@@ -7,13 +7,17 @@ global pyplot state is touched (thread-safe) and the same inputs give the same b
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MAX_SCATTER_POINTS = 20_000
 
 
-def _png_bytes(fig) -> bytes:
+def _png_bytes(fig: Figure) -> bytes:
     """Render a matplotlib Figure with the Agg canvas to PNG bytes (no timestamp metadata)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 

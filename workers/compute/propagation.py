@@ -12,6 +12,10 @@ difference of size O(s), never the difference of two O(1) predictions, so float3
 computation: the perturbed networks cost one batched float32 GEMM per hidden-to-hidden layer.
 
 Shapes: probes are processed in blocks I of B rows; differences are [B, n, width].
+
+This module holds the driver and the two primitives (`linear_difference`, `activation_difference`);
+each model with the capability difference_propagation composes them along its own layers in
+`ScalarNet.probe_differences` (workers/compute/models.py).
 """
 
 from __future__ import annotations
@@ -21,16 +25,15 @@ import math
 import torch
 from torch import nn
 
-from workers.compute.models import LayeredNet, ResMLP
 from workers.compute.ntk import layer_factors
 from workers.compute.progress import Progress, Throttle
+from workers.compute.scalar_net import ScalarNet
 
 _BLOCK_BYTES = 2**30  # bound on the [B, n, width] temporaries of one block of probes
 
 
-def applicable(model: nn.Module) -> bool:
-    """Stacks of Linear layers and pointwise activations: linear, mlp and resmlp models."""
-    return isinstance(model, LayeredNet | ResMLP)
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
 
 
 def activation_difference(u: torch.Tensor, du: torch.Tensor, name: str | None) -> torch.Tensor:
@@ -47,12 +50,11 @@ def activation_difference(u: torch.Tensor, du: torch.Tensor, name: str | None) -
     if name == "gelu":  # no cancellation-free identity: the difference in float64
         u64 = u.double()
         new64 = u64 + du.double()
-        gelu = lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))  # noqa: E731
-        return (gelu(new64) - gelu(u64)).to(du.dtype)
+        return (_gelu(new64) - _gelu(u64)).to(du.dtype)
     raise ValueError(f"unknown activation {name!r}")
 
 
-def _linear_difference(
+def linear_difference(
     layer: nn.Linear, a: torch.Tensor, da: torch.Tensor | None, A: torch.Tensor, G: torch.Tensor, s: torch.Tensor
 ) -> torch.Tensor:
     """Δu [B, n, out] of `layer` for probes with inputs A [B, in], output gradients G [B, out] and
@@ -68,10 +70,13 @@ def _linear_difference(
 def step_differences(
     model: nn.Module, X: torch.Tensor, s: torch.Tensor, *, progress: Progress | None = None
 ) -> torch.Tensor:
-    """Δz [n, n]: z(x_j; θ − s_i ∇θ z(x_i)) − z(x_j; θ), exactly, for a linear, mlp or resmlp model.
+    """Δz [n, n]: z(x_j; θ − s_i ∇θ z(x_i)) − z(x_j; θ), exactly, for a model with the capability
+    difference_propagation.
 
     X [n, *shape]; s [n] the step of each probe (η · ∂L/∂z at x_i). Row i is probe i.
     """
+    if not isinstance(model, ScalarNet) or not model.capabilities.difference_propagation:
+        raise ValueError("difference propagation needs a model with the capability difference_propagation")
     dtype = next(model.parameters()).dtype
     X = X.reshape(X.shape[0], -1).to(dtype)
     s = s.to(dtype)
@@ -84,24 +89,6 @@ def step_differences(
     for start in range(0, n, block):
         rows = slice(start, min(n, start + block))
         probe = [(A[rows], G[rows]) for A, G in factors]
-        out[rows] = _block_differences(model, factors, probe, s[rows])
+        out[rows] = model.probe_differences(factors, probe, s[rows])
         report(rows.stop / n, f"exact steps {rows.stop}/{n}")
     return out
-
-
-def _block_differences(model: nn.Module, factors, probe, s: torch.Tensor) -> torch.Tensor:
-    """Δz [B, n] for one block of probes (`probe`: the factors' rows of those probes)."""
-    if isinstance(model, ResMLP):
-        (x, _), (h1, _), (h12, _) = factors
-        u1, u2 = model.fc1(x), model.fc2(h1)
-        dh1 = activation_difference(u1, _linear_difference(model.fc1, x, None, *probe[0], s), "relu")
-        dh2 = activation_difference(u2, _linear_difference(model.fc2, h1, dh1, *probe[1], s), "relu")
-        return _linear_difference(model.out, h12, dh1.add_(dh2), *probe[2], s)[..., 0]
-    da = None
-    last = len(model.layers) - 1
-    for k, (layer, (a, _)) in enumerate(zip(model.layers, factors, strict=True)):
-        du = _linear_difference(layer, a, da, *probe[k], s)
-        if k == last:
-            return du[..., 0]
-        da = activation_difference(layer(a), du, model.activation)
-    raise AssertionError("unreachable")

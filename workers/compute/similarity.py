@@ -7,19 +7,25 @@ Definitions (θ_i = θ − η ∇θ L(f(x_i; θ), 1), Δf_ij = f(x_j; θ_i) − 
 - activation: cosine similarity of the first-layer ReLU on/off patterns.
 
 step == 0 uses the exact limit (the NTK). step > 0 with schedule "fixed" is the exact one-step
-definition from a fixed θ, via a GEMM-only formula for 2-layer ReLU/linear nets (`_two_layer_rows`),
-difference propagation for other stacks of linear layers (`propagation.py`) and float64 torch.func
-for the CNN (`_generic_rows`); "trajectory" is Algorithm 1 (trajectory.py).
+definition from a fixed θ, via a GEMM-only formula for 2-layer ReLU/linear nets (`_two_layer_rows`,
+capability closed_form_step), difference propagation for other stacks of linear layers
+(`propagation.py`, capability difference_propagation) and float64 torch.func for any other model
+such as the CNN (`_generic_rows`); "trajectory" is Algorithm 1 (trajectory.py). Each kind's own
+part is in kinds.py.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from service.contract.spec import SIMILARITY_KINDS
 from workers.compute import propagation
 from workers.compute.functional import (
+    Params,
     dfdz,
     dloss_dz,
     float64_params,
@@ -28,12 +34,13 @@ from workers.compute.functional import (
     predict,
     rows_to_similarity,
 )
-from workers.compute.models import LayeredNet, ResMLP
-from workers.compute.ntk import is_two_layer, ntk, two_layer_features
+from workers.compute.kinds import DIRECT_KINDS, activation_similarity, step_kind
+from workers.compute.ntk import ntk, two_layer_features
 from workers.compute.progress import Progress, Throttle
+from workers.compute.scalar_net import capabilities_of, linear_layers
 from workers.compute.trajectory import trajectory_similarity
 
-KINDS = ("kernelized", "relative", "activation")
+KINDS = tuple(SIMILARITY_KINDS)
 _BLOCK_BYTES = 128 * 2**20  # [block, n] / [block, m] temporaries of the two-layer path
 _SEGMENT = 2**20  # ReLU-crossing candidates evaluated at once
 _GENERIC_BYTES = 2**30  # per-chunk budget of the generic path
@@ -51,26 +58,6 @@ def postprocess(S: np.ndarray, *, symmetrize: bool, normalize: bool) -> np.ndarr
     return S.astype(np.float32)
 
 
-def activation_similarity(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity [n, n] of first-layer ReLU patterns 1[U > 0] (mlp with relu, or resmlp)."""
-    if isinstance(model, ResMLP):
-        first = model.fc1
-    elif isinstance(model, LayeredNet) and model.activation == "relu" and len(model.layers) > 1:
-        first = model.layers[0]
-    else:
-        raise ValueError("kind 'activation' needs an mlp with relu activation or a resmlp")
-    with torch.no_grad():
-        Xf = X.reshape(X.shape[0], -1).to(first.weight)
-        P = (torch.addmm(first.bias, Xf, first.weight.t()) > 0).to(Xf.dtype)
-        norm = P.sum(1).sqrt()
-        inv = torch.where(norm > 0, 1 / torch.where(norm > 0, norm, 1), 0)
-        return (P @ P.t()) * inv[:, None] * inv[None, :]
-
-
-def _fast_applicable(model: nn.Module) -> bool:
-    return is_two_layer(model) and model.activation in (None, "relu")
-
-
 def _z64(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
     params = float64_params(model)
     with torch.no_grad():
@@ -79,9 +66,9 @@ def _z64(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _two_layer_rows(
-    model: LayeredNet, X: torch.Tensor, s: torch.Tensor, progress: Progress | None = None
+    model: nn.Module, X: torch.Tensor, s: torch.Tensor, progress: Progress | None = None
 ) -> torch.Tensor:
-    """Q [n, n] = Δz / (−s_i), exactly, for a depth-1/2 LayeredNet with relu or no activation.
+    """Q [n, n] = Δz / (−s_i), exactly, for a 1- or 2-layer net with relu or no activation (closed_form_step).
 
     With e_ij = x_i·x_j + 1, D = σ'(U), a = W2[0], h_i = σ(u_i):
       Q = e ⊙ ((D a − s H)(D a)ᵀ) + H Hᵀ + 1 + C,
@@ -90,15 +77,16 @@ def _two_layer_rows(
       |u_jr| / |a_r| < |s_i e_ij|, found by one sort and batched binary searches.
     Computed in the model's dtype (all terms are O(1): nothing cancels).
     """
-    if len(model.layers) == 1:
-        Xf = X.reshape(X.shape[0], -1).to(model.layers[0].weight)
+    layers = linear_layers(model)
+    if len(layers) == 1:
+        Xf = X.reshape(X.shape[0], -1).to(layers[0].weight)
         return torch.addmm(torch.ones((), dtype=Xf.dtype, device=Xf.device), Xf, Xf.t())
     f = two_layer_features(model, X)
     Xf, U, H, D, a = f["X"], f["U"], f["H"], f["D"], f["a"]
     n, m = U.shape
     s = s.to(U)
     R = D * a
-    relu = model.activation == "relu"
+    relu = capabilities_of(model).activation == "relu"
     if relu:
         candidates = _crossing_candidates(Xf, U, a, s)
     Q = torch.empty((n, n), dtype=U.dtype, device=U.device)
@@ -119,7 +107,9 @@ def _two_layer_rows(
     return Q
 
 
-def _crossing_candidates(Xf, U, a, s) -> dict[str, torch.Tensor]:
+def _crossing_candidates(
+    Xf: torch.Tensor, U: torch.Tensor, a: torch.Tensor, s: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """The (j, r) that some probe could flip, grouped by j and sorted by ρ_jr = |u_jr| / |a_r|.
 
     A crossing of (i, j, r) needs ρ_jr < |s_i e_ij| ≤ τ = max_i |s_i| (|x_i| max_j |x_j| + 1), so only
@@ -137,7 +127,19 @@ def _crossing_candidates(Xf, U, a, s) -> dict[str, torch.Tensor]:
     return {"key": key, "r": r[order], "group_start": group_start, "scale": torch.tensor(scale, dtype=torch.float64)}
 
 
-def _add_crossings(Q, E, b: slice, *, s, U, H, D, a, candidates, report: Throttle) -> None:
+def _add_crossings(
+    Q: torch.Tensor,
+    E: torch.Tensor,
+    b: slice,
+    *,
+    s: torch.Tensor,
+    U: torch.Tensor,
+    H: torch.Tensor,
+    D: torch.Tensor,
+    a: torch.Tensor,
+    candidates: dict[str, torch.Tensor],
+    report: Throttle,
+) -> None:
     """Add C_ij = Σ_r (a_r − s_i h_ir) X_ijr / (−s_i) to the rows `b` of Q, over the ReLUs that the
     step at x_i flips at x_j: u_jr and u_jr + δ_ijr of different signs, δ_ijr = −s_i e_ij a_r σ'_ir.
 
@@ -178,16 +180,14 @@ def _limit(
 ) -> torch.Tensor:
     """The η → 0 limit [n, n] from K_z, in place.
 
-    K_f = w_i w_j K_z (w = ∂f/∂z); relative: |K_f| / K_f(i, i).
+    K_f = w_i w_j K_z (w = ∂f/∂z), then the kind's `from_limit` (relative: |K_f| / K_f(i, i)).
     """
+    finish = step_kind(kind).from_limit
     K = ntk(model, X, progress=progress)
     if loss == "bce":
         w = dfdz(model(X.to(K.dtype)), loss)
         K.mul_(w[:, None]).mul_(w[None, :])
-    if kind == "relative":
-        d = K.diagonal().abs().clone()
-        K.abs_().div_(torch.where(d > 0, d, torch.full_like(d, float("inf")))[:, None])
-    return K
+    return finish(K)
 
 
 def _propagated_rows(
@@ -215,7 +215,11 @@ def _generic_rows(
     n = X64.shape[0]
     n_params = sum(p.numel() for p in params.values())
     sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: sizes.append(o.numel())) for m in model.modules()]
+
+    def record_size(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        sizes.append(output.numel())
+
+    hooks = [m.register_forward_hook(record_size) for m in model.modules()]
     try:
         with torch.no_grad():
             predict(model, params, X64[:1])
@@ -224,7 +228,11 @@ def _generic_rows(
             h.remove()
     per_probe = 8 * (3 * n_params + 3 * n * sum(sizes))
     chunk = max(1, min(n, _GENERIC_BYTES // per_probe))
-    forward_all = torch.func.vmap(lambda p: predict(model, p, X64))
+
+    def z_at_X(p: Params) -> torch.Tensor:
+        return predict(model, p, X64)
+
+    forward_all: Callable[[Params], torch.Tensor] = torch.func.vmap(z_at_X)
     Q = torch.empty((n, n), dtype=torch.float64, device=z.device)
     report = Throttle(progress, every=2.0)
     for c0 in range(0, n, chunk):
@@ -265,8 +273,8 @@ def similarity(
         raise ValueError(f"unknown schedule {schedule!r}")
     device = next(model.parameters()).device
     X = X.to(device)
-    if kind == "activation":
-        S = activation_similarity(model, X)
+    if kind in DIRECT_KINDS:
+        S = DIRECT_KINDS[kind](model, X)
     elif schedule == "trajectory":
         if step <= 0:
             raise ValueError("schedule 'trajectory' needs step > 0")
@@ -274,7 +282,8 @@ def similarity(
     elif step == 0:
         S = _limit(model, X, kind=kind, loss=loss, progress=progress)
     else:
-        fast, propagated = _fast_applicable(model), propagation.applicable(model)
+        capabilities = capabilities_of(model)
+        fast, propagated = capabilities.closed_form_step, capabilities.difference_propagation
         # These paths subtract no two predictions, so the model's dtype is exact enough for z.
         with torch.no_grad():
             z = model(X).to(torch.float64) if fast or propagated else _z64(model, X)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.api.deps import DataDirDep, RedisDep, SettingsDep
 from service.api.schemas import HealthOut, ReadyOut
-from service.contract import queue
+from service.api.usecases.readiness import check_readiness
 
 router = APIRouter(tags=["health"])
 
@@ -32,21 +31,5 @@ def read_health() -> HealthOut:
     responses={503: {"model": ReadyOut, "description": "A check failed."}},
 )
 def read_ready(conn: RedisDep, data_dir: DataDirDep, settings: SettingsDep) -> JSONResponse:
-    checks: dict[str, str] = {}
-    try:
-        conn.ping()
-        checks["redis"] = "ok"
-    except redis.exceptions.RedisError as exc:
-        checks["redis"] = f"no answer to PING: {exc}"
-    checks["data_dir"] = "ok" if data_dir.is_writable() else f"cannot create a file in {data_dir.root}"
-    if checks["redis"] != "ok":
-        checks["workers"] = "unknown: Redis is unreachable"
-    else:
-        try:
-            workers = queue.live_workers(conn, settings)
-            checks["workers"] = "ok" if workers else f"no live worker listens on queue {settings.queue!r}"
-        except redis.exceptions.RedisError as exc:
-            checks["workers"] = f"could not list workers: {exc}"
-    failed = [name for name, outcome in checks.items() if outcome != "ok"]
-    body = ReadyOut(status="unavailable" if failed else "ready", checks=checks, failed=failed)
-    return JSONResponse(body.model_dump(), status_code=503 if failed else 200)
+    body = check_readiness(conn, data_dir, settings)
+    return JSONResponse(body.model_dump(), status_code=503 if body.failed else 200)

@@ -23,7 +23,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from service.api.deps import RedisDep, SettingsDep
-from service.contract import queue, records
+from service.contract import keys, queue
+from service.contract.jobstate import FINAL, JobStatus
 
 router = APIRouter(tags=["health"])
 
@@ -108,14 +109,14 @@ class HttpMetricsMiddleware:
 
 def job_lines(conn: Any) -> list[str]:
     """Job counts by status and the duration summary, from the tenants' job indexes."""
-    counts = dict.fromkeys(records.STATUSES, 0)
-    durations: dict[str, list[float]] = {s: [0.0, 0] for s in records.FINAL_STATUSES}  # type: ignore[misc]
-    for index in conn.scan_iter(match=f"{records.PREFIX}jobs:*", count=500):
+    counts = dict.fromkeys((status.value for status in JobStatus), 0)
+    durations: dict[str, list[float]] = {status.value: [0.0, 0] for status in JobStatus if status in FINAL}
+    for index in conn.scan_iter(match=keys.pattern(keys.jobs_index), count=500):
         ids = conn.zrevrange(index, 0, MAX_JOBS_COUNTED - 1)
         for start in range(0, len(ids), 1000):
             pipe = conn.pipeline(transaction=False)
             for job_id in ids[start : start + 1000]:
-                pipe.hmget(records.job_key(job_id.decode()), "status", "started_at", "finished_at")
+                pipe.hmget(keys.job(job_id.decode()), "status", "started_at", "finished_at")
             for status, started, finished in pipe.execute():
                 if status is None:
                     continue

@@ -1,0 +1,100 @@
+"""Every Redis key lelastic uses, each built by one function here (as `rq.job.Job.key_for` builds RQ's).
+
+No other module spells a key: they all call these functions. Key strings are part of the stored data,
+so they never change::
+
+    key (function)                                  type    written by   holds
+    ----------------------------------------------  ------  -----------  ----------------------------------------
+    lelastic:job:<id>  (job)                        hash    API, worker  id, tenant, spec (JSON), status (only
+                                                                         through `jobstate`), created_at,
+                                                                         started_at, finished_at, error,
+                                                                         progress (JSON), result (JSON)
+    lelastic:job:<id>:events  (job_events)          stream  API, worker  {"event": "progress" | "status",
+                                                                         "data": JSON}; its entry ids are the SSE
+                                                                         event ids; about EVENTS_MAXLEN entries
+    lelastic:jobs:<tenant>  (jobs_index)            zset    API          job id -> creation time
+    lelastic:dataset:<id>  (dataset)                hash    API          id, tenant, kind ("dataset" |
+                                                                         "weights"), name, meta (JSON), created_at
+    lelastic:datasets:<tenant>  (datasets_index)    zset    API          dataset id -> creation time
+    lelastic:active:<tenant>  (active_jobs)         zset    API          queued + running job id -> creation time
+                                                                         (minus the admission time while its
+                                                                         record is being created)
+    lelastic:rate:<tenant>:<window>  (rate)         string  API          requests in one one-minute window
+    lelastic:idempotency:<tenant>:<route>:<sha256>  string  API          `<token> <JSON>`: the claim, then the
+        (idempotency)                                                    response, of an Idempotency-Key
+    lelastic:retention:lock  (RETENTION_LOCK)       string  API, CLI     the token of the process sweeping now
+
+RQ's own keys (`rq:job:<id>`, `rq:queue:<name>`, its registries) are built by RQ; the RQ job that runs
+a lelastic job has the lelastic job's id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+PREFIX = "lelastic:"
+#: The entries a job's event stream keeps (trimmed approximately).
+EVENTS_MAXLEN = 1000
+RETENTION_LOCK = f"{PREFIX}retention:lock"
+
+#: A function that builds a key from one id or tenant, such as `job` or `jobs_index`.
+KeyFor = Callable[[str], str]
+
+
+def job(job_id: str) -> str:
+    """The job record hash."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def job_events(job_id: str) -> str:
+    """The job's event stream (progress and status)."""
+    return f"{PREFIX}job:{job_id}:events"
+
+
+def jobs_index(tenant: str) -> str:
+    """The tenant's job ids by creation time."""
+    return f"{PREFIX}jobs:{tenant}"
+
+
+def dataset(dataset_id: str) -> str:
+    """The upload (dataset or weights) record hash."""
+    return f"{PREFIX}dataset:{dataset_id}"
+
+
+def datasets_index(tenant: str) -> str:
+    """The tenant's upload ids by creation time."""
+    return f"{PREFIX}datasets:{tenant}"
+
+
+def active_jobs(tenant: str) -> str:
+    """The tenant's queued and running job ids (the active-jobs limit)."""
+    return f"{PREFIX}active:{tenant}"
+
+
+def rate(tenant: str, window: int) -> str:
+    """The tenant's request counter of one-minute window `window` (minutes since the epoch)."""
+    return f"{PREFIX}rate:{tenant}:{window}"
+
+
+def idempotency(tenant: str, route: str, idempotency_key: str) -> str:
+    """The claim or stored response of an Idempotency-Key (the header's value is hashed)."""
+    return f"{PREFIX}idempotency:{tenant}:{route}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+
+
+def pattern(key_for: KeyFor) -> str:
+    """SCAN pattern of every key `key_for` builds: `pattern(job)` is `lelastic:job:*`.
+
+    A job's event stream matches `pattern(job)` too; `id_in` tells them apart.
+    """
+    return key_for("*")
+
+
+def id_in(key: str, key_for: KeyFor) -> str | None:
+    """The id (or tenant) `key_for` built `key` from, or None when `key` is not such a key.
+
+    `id_in("lelastic:job:ab12", job)` is "ab12"; `id_in("lelastic:job:ab12:events", job)` is None.
+    """
+    prefix = key_for("")
+    rest = key[len(prefix) :] if key.startswith(prefix) else ""
+    return rest if rest and ":" not in rest else None

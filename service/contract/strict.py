@@ -1,0 +1,11 @@
+"""The base of every part of the job spec."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StrictModel(BaseModel):
+    """Base of every spec part: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
