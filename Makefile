@@ -1,6 +1,6 @@
 # lelastic: every target does its own set-up on a fresh machine.
-#   make test       all tests (unit, API, compute, workers, faults, e2e); any warning fails a test
-#   make test-fast  the same without the slow ones (pytest -m "not slow": no tests/faults, no tests/e2e)
+#   make test       all tests (unit, API, compute, workers, faults, e2e, browser); any warning fails a test
+#   make test-fast  the same without the slow ones (pytest -m "not slow": no tests/faults, e2e, browser)
 #   make demo       start a stack, run a paper-style job on the digits, print the table
 #   make up         run the stack in the foreground (API on http://127.0.0.1:8000/docs)
 #   make bench      quick engine benchmark
@@ -29,7 +29,10 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
+# The browser tests (tests/browser) drive Debian's Chromium; it is installed here where it is missing
+# (as root with the Debian archive reachable). Where it cannot be, those tests fail saying so.
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) || echo "chromium could not be installed: the browser tests will fail" >&2
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -220,6 +220,10 @@ def worker_env(settings: Settings, **variables: str) -> dict[str, str]:
         LELASTIC_MAINTENANCE_INTERVAL=str(settings.maintenance_interval),
         LELASTIC_REDIS_SOCKET_TIMEOUT=str(settings.redis_socket_timeout),
     )
+    if settings.tile_queue:
+        env["LELASTIC_TILE_QUEUE"] = settings.tile_queue
+    env["LELASTIC_EXACT_CLUSTERING_MAX_N"] = str(settings.exact_clustering_max_n)
+    env["LELASTIC_NYSTROM_LANDMARKS"] = str(settings.nystrom_landmarks)
     env.update(variables)
     return env
 
@@ -285,13 +289,13 @@ def status_events(conn: redis.Redis, job_id: str) -> list[str]:
 class RunningStack:
     """`python -m service.cli up` in a subprocess; its output goes to a log file in the data dir."""
 
-    def __init__(self, data_dir: Path, *, workers: int) -> None:
+    def __init__(self, data_dir: Path, *, workers: int, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir / f"up-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LELASTIC_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("LELASTIC_")}, **(env or {})}
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [

@@ -22,11 +22,16 @@ from tests.factories import options, subcommands
 
 def test_parser_has_every_command_with_its_documented_flags():
     commands = subcommands(cli.build_parser())
-    assert set(commands) == {"up", "api", "worker", "submit", "demo", "keys", "gc"}
+    assert set(commands) == {
+        *("up", "api", "worker", "submit", "demo", "keys", "gc"),
+        *("status", "result", "list", "cancel", "download"),
+    }
     assert options(commands["up"]) == {"--host", "--port", "--workers", "--data-dir", "--gpus"}
     assert options(commands["api"]) == {"--host", "--port"}
     assert options(commands["worker"]) == {"--queues", "--burst"}
-    assert options(commands["submit"]) == {"--dataset", "--wait", "--out", "--url", "--api-key"}
+    assert options(commands["submit"]) == {"--dataset", "--label-column", "--wait", "--out", "--url", "--api-key"}
+    for name in ("status", "result", "list", "cancel", "download"):
+        assert {"--url", "--api-key"} <= options(commands[name]), name
     assert options(commands["demo"]) == {"--out"}
     assert options(commands["gc"]) == {"--data-dir"}
 
@@ -43,7 +48,7 @@ def test_up_defaults_and_values():
 def test_up_spreads_workers_over_the_given_gpus():
     args = cli.build_parser().parse_args(["up", "--workers", "3", "--gpus", "0, 2"])
     assert args.gpus == ["0", "2"]
-    env = {"PATH": "/bin"}
+    env = {"PATH": "/bin", "LELASTIC_TORCH_THREADS": "3"}
     assert [supervisor.worker_env(env, k, args.gpus)["CUDA_VISIBLE_DEVICES"] for k in range(3)] == ["0", "2", "0"]
     assert supervisor.worker_env(env, 0, None) == env
     assert cli.build_parser().parse_args(["up"]).gpus is None
@@ -62,8 +67,9 @@ def test_submit_and_worker_arguments():
         Path("x.npz"),
         True,
         Path("o"),
-        cli.DEFAULT_URL,
+        None,
     )
+    assert cli.client_target(args)[0] in (cli.DEFAULT_URL, __import__("os").environ.get("LELASTIC_URL"))
     args = cli.build_parser().parse_args(["worker", "--queues", "a", "b", "--burst"])
     assert args.queues == ["a", "b"] and args.burst
 
@@ -121,7 +127,54 @@ def test_submit_reports_an_unreachable_api(tmp_path, capsys):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens here once the socket closes
     assert cli.main(["submit", str(spec), "--url", f"http://127.0.0.1:{port}"]) == 1
-    assert "cannot reach the API" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot reach the API" in err and f"http://127.0.0.1:{port}" in err
+
+
+def test_client_commands_read_the_url_and_key_from_the_environment(monkeypatch):
+    args = cli.build_parser().parse_args(["status", "abc"])
+    monkeypatch.setenv("LELASTIC_URL", "http://example.test:9")
+    monkeypatch.setenv("LELASTIC_API_KEY", "k1")
+    assert cli.client_target(args) == ("http://example.test:9", "k1")
+    args = cli.build_parser().parse_args(["list", "--url", "http://other:1", "--api-key", "k2"])
+    assert cli.client_target(args) == ("http://other:1", "k2")
+    monkeypatch.delenv("LELASTIC_URL")
+    monkeypatch.delenv("LELASTIC_API_KEY")
+    assert cli.client_target(cli.build_parser().parse_args(["status", "abc"])) == (cli.DEFAULT_URL, None)
+
+
+def test_submit_help_names_every_dataset_format(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["submit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert all(fmt in help_text for fmt in (".npz", ".npy", ".csv"))
+
+
+def test_up_divides_the_cores_among_its_workers(monkeypatch):
+    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 8)
+    env = {"PATH": "/bin"}
+    assert supervisor.worker_env(env, 0, None, workers=2)["LELASTIC_TORCH_THREADS"] == "4"
+    assert supervisor.worker_env(env, 0, None, workers=16)["LELASTIC_TORCH_THREADS"] == "1"
+    assert (
+        supervisor.worker_env({**env, "LELASTIC_TORCH_THREADS": "0"}, 0, None, workers=1)["LELASTIC_TORCH_THREADS"]
+        == "8"
+    )
+    assert (
+        supervisor.worker_env({**env, "LELASTIC_TORCH_THREADS": "3"}, 0, None, workers=2)["LELASTIC_TORCH_THREADS"]
+        == "3"
+    )
+
+
+def test_gc_builds_the_url_of_the_stack_valkey_from_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("LELASTIC_REDIS_URL", raising=False)
+    assert supervisor.embedded_valkey_url(tmp_path) is None
+    valkey = EmbeddedValkey(tmp_path / "valkey")
+    url = valkey.start()
+    try:
+        assert supervisor.embedded_valkey_url(tmp_path) == url
+        assert cli.main(["gc", "--data-dir", str(tmp_path)]) == 0
+    finally:
+        valkey.stop()
 
 
 # ---------------------------------------------------------------------------------- output helpers
@@ -167,9 +220,19 @@ def test_progress_bar_draws_on_one_line_on_a_terminal():
     assert stream.getvalue().endswith("\n")
 
 
+def test_progress_bar_off_a_terminal_writes_a_line_every_few_seconds_within_a_stage():
+    stream = io.StringIO()
+    bar = ProgressBar(stream, width=10, every=0.05)
+    bar({"fraction": 0.1, "stage": "train", "message": "epoch 1/200"})
+    bar({"fraction": 0.11, "stage": "train", "message": "epoch 2/200"})  # too soon: no line
+    time.sleep(0.06)
+    bar({"fraction": 0.2, "stage": "train", "message": "epoch 40/200"})
+    assert [line.split(maxsplit=2)[2] for line in stream.getvalue().splitlines()] == ["epoch 1/200", "epoch 40/200"]
+
+
 def test_progress_bar_writes_one_line_per_stage_to_a_pipe():
     stream = io.StringIO()
-    bar = ProgressBar(stream, width=10)
+    bar = ProgressBar(stream, width=10, every=3600)
     for fraction, stage in ((0.1, "train"), (0.2, "train"), (0.6, "similarity"), (0.9, "write"), (1.0, "write")):
         bar({"fraction": fraction, "stage": stage, "message": ""})
     bar.done()

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from service.cli.main import build_parser
+from service.cli.main import API_KEY_ENV, URL_ENV, build_parser
 from service.contract.settings import Settings
 from tests.factories import REPO_ROOT as ROOT
 from tests.factories import subcommands
 
 DOCKERFILES = {"api": ROOT / "docker" / "api.Dockerfile", "worker": ROOT / "docker" / "worker.Dockerfile"}
-SETTINGS_VARS = {f"LELASTIC_{name.upper()}" for name in Settings.model_fields}
+SETTINGS_VARS = {f"LELASTIC_{name.upper()}" for name in Settings.model_fields} | {URL_ENV, API_KEY_ENV}
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:

@@ -25,6 +25,8 @@ class JobData:
     builtin: str | None
     primary: np.ndarray
     auxiliary: np.ndarray
+    #: The original names of string labels, by integer label (uploads with string labels only).
+    label_names: list[str] | None = None
 
 
 def load_dataset(
@@ -43,6 +45,15 @@ def load_dataset(
         X = np.asarray(archive["X"], dtype=np.float32)
         y = np.asarray(archive["y"], dtype=np.int64) if "y" in archive.files else None
     return X, y, None, None
+
+
+def label_names(spec: JobSpec, data_dir: DataDir) -> list[str] | None:
+    """The original names of an uploaded dataset's string labels, by integer label (None otherwise)."""
+    if isinstance(spec.dataset, BuiltinDataset):
+        return None
+    path = data_dir.dataset_file(spec.dataset)
+    with np.load(path, allow_pickle=False) as archive:
+        return [str(name) for name in archive["label_names"]] if "label_names" in archive.files else None
 
 
 def select(selection: Selection | None, y: np.ndarray | None, n: int, *, field: str, default_all: bool) -> np.ndarray:
@@ -76,6 +87,7 @@ def resolve(spec: JobSpec, data_dir: DataDir) -> JobData:
         raise JobFailure(f"primary and auxiliary share {overlap.size} rows (e.g. row {int(overlap[0])})")
     if primary.size < 2:
         raise JobFailure(f"primary selects {primary.size} examples; at least 2 are needed")
-    if spec.clustering is not None and primary.size < spec.clustering.k:
+    if spec.clustering is not None and spec.clustering.k is not None and primary.size < spec.clustering.k:
         raise JobFailure(f"primary selects {primary.size} examples, fewer than clustering.k = {spec.clustering.k}")
-    return JobData(X=X, y=y, coords=coords, builtin=builtin, primary=primary, auxiliary=auxiliary)
+    names = label_names(spec, data_dir) if y is not None else None
+    return JobData(X=X, y=y, coords=coords, builtin=builtin, primary=primary, auxiliary=auxiliary, label_names=names)

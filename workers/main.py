@@ -25,14 +25,47 @@ from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now
+from rq.worker import WorkerStatus
 
-from service.contract import jobstate, records
+from service.contract import jobstate, records, sharding
 from service.contract.jobstate import JobStatus
 from service.contract.logs import configure_logging
+from service.contract.queue import ON_FAILURE, TASK
 from service.contract.settings import WorkerSettings, get_settings
 from service.contract.storage import DataDir
 
 log = logging.getLogger("lelastic.worker")
+
+#: The only functions a worker runs, by dotted name. Anything else on the queue fails unimported.
+ALLOWED_TASKS: frozenset[str] = frozenset({TASK, sharding.TILE_TASK, sharding.REDUCE_TASK})
+#: The only RQ callbacks a job may carry (the API sets the failure callback; no other).
+ALLOWED_CALLBACKS: dict[str, frozenset[str | None]] = {
+    "success": frozenset({None}),
+    "failure": frozenset({None, ON_FAILURE, sharding.ON_TILE_FAILURE}),
+    "stopped": frozenset({None}),
+}
+
+
+def refusal(job: Job) -> str | None:
+    """Why `job` must not run (a function or callback outside the allowlists, webhooks), or None.
+
+    Reads only the names stored with the job: nothing is imported.
+    """
+    try:
+        func_name = job.func_name
+    except Exception as error:  # noqa: BLE001 - undecodable job data is refused, not run
+        return f"refused: the job's data cannot be read ({type(error).__name__})"
+    if func_name not in ALLOWED_TASKS:
+        return f"refused: function {str(func_name)[:200]!r} is not one of {sorted(ALLOWED_TASKS)}"
+    if getattr(job, "_instance", None) is not None:
+        return "refused: a job may not carry an instance"
+    for kind, allowed in ALLOWED_CALLBACKS.items():
+        name = getattr(job, f"_{kind}_callback_name", None)
+        if name not in allowed:
+            return f"refused: {kind} callback {str(name)[:200]!r} is not allowed"
+    if getattr(job, "webhooks", None):
+        return "refused: a job may not carry webhooks"
+    return None
 
 
 def preload() -> None:
@@ -45,6 +78,7 @@ def preload() -> None:
     import workers.compute.analysis  # noqa: F401
     import workers.compute.baselines  # noqa: F401
     import workers.compute.plots  # noqa: F401
+    import workers.shards  # noqa: F401
     import workers.tasks  # noqa: F401
 
 
@@ -62,6 +96,11 @@ def wait_for_redis(conn: redis.Redis, *, timeout: float = 60.0) -> None:
 
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: The reason of a job whose work-horse was SIGKILLed (not retried: the same job would meet the same end).
+OOM_KILLED = (
+    "the job was killed (out of memory?): its work-horse process got SIGKILL, as the kernel's OOM killer "
+    "sends; it is not retried. Use fewer examples or a narrower model, or give the worker more memory"
+)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -85,8 +124,9 @@ class LelasticWorker(Worker):
       queues it again (RQ `Retry`) or fails it. An idle worker's blocking dequeue is cut short so that
       the sweep really runs every `maintenance_interval` s.
     * The work-horse dies with its worker (PR_SET_PDEATHSIG), so a re-run never races an orphan.
-    * A work-horse that dies (OOM killer, native crash) fails its job with a readable reason, or
-      queues it again while retries are left; the worker goes on with the next job.
+    * A work-horse killed by SIGKILL (the OOM killer's signal) fails its job at once, without retries;
+      one that dies otherwise (a native crash) fails its job with a readable reason, or queues it again
+      while retries are left; the worker goes on with the next job.
     * A Redis outage while a job runs costs missed heartbeats, not the worker.
     """
 
@@ -134,6 +174,27 @@ class LelasticWorker(Worker):
         except _REDIS_DOWN as error:
             self.log.warning("Worker %s: could not record the job's working time: %s", self.name, error)
 
+    # -- the allowlist ------------------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run `job` in a work-horse, unless `refusal` names a reason: then fail it here, in the parent,
+        before RQ resolves (imports) its function or any callback."""
+        reason = refusal(job)
+        if reason is None:
+            super().execute_job(job, queue)
+            return
+        self.log.error("Worker %s: job %s %s", self.name, job.id, reason)
+        job.retries_left = 0
+        job.webhooks = []
+        for kind in ALLOWED_CALLBACKS:
+            setattr(job, f"_{kind}_callback_name", None)
+            setattr(job, f"_{kind}_callback", None)
+        self.prepare_execution(job)
+        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+        job.ended_at = now()
+        self.handle_job_failure(job, queue, exc_string=reason)
+        self.set_state(WorkerStatus.IDLE)
+
     # -- the work-horse -----------------------------------------------------------------------------
 
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
@@ -158,6 +219,10 @@ class LelasticWorker(Worker):
             job.retries_left = 0
             reason = f"timeout: the job ran past the job time limit of {job.timeout} s"
             self._horse_death = (job.id, reason, True)
+        elif ret_val is not None and os.WIFSIGNALED(ret_val) and os.WTERMSIG(ret_val) == signal.SIGKILL:
+            # What the kernel's OOM killer sends: running the job again would only be killed again.
+            job.retries_left = 0
+            self._horse_death = (job.id, OOM_KILLED, False)
         else:
             reason = f"worker lost: the work-horse process died ({_describe_wait_status(ret_val)})"
             self._horse_death = (job.id, reason, False)
@@ -205,8 +270,10 @@ class LelasticWorker(Worker):
 
 
 def make_worker(conn: redis.Redis, settings: WorkerSettings, queues: list[str] | None = None) -> LelasticWorker:
+    # The job queue first, then the tile queue when it is another: a worker takes a whole job before a tile.
+    tiles = [settings.tile_queue] if settings.tile_queue and settings.tile_queue != settings.queue else []
     return LelasticWorker(
-        queues or [settings.queue],
+        queues or [settings.queue, *tiles],
         connection=conn,
         serializer=JSONSerializer,
         job_monitoring_interval=settings.worker_heartbeat_seconds,
@@ -273,4 +340,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["LelasticWorker", "main", "make_worker", "run_worker", "preload", "wait_for_redis"]
+__all__ = ["ALLOWED_TASKS", "LelasticWorker", "main", "make_worker", "run_worker", "preload", "wait_for_redis"]

@@ -23,6 +23,9 @@ from workers.compute import baselines, clustering, metrics, models, similarity, 
 from workers.data import JobData, resolve
 from workers.errors import JobFailure
 
+#: Rows of a class gathered at once by the elasticity analysis.
+ELASTICITY_ROWS = 256
+
 #: (stage, start, end) of each stage on the job's overall progress scale.
 STAGES = {
     "load": (0.0, 0.03),
@@ -162,17 +165,19 @@ class JobInputs:
 class Measurement:
     """What the θ and similarity stages give the others, over every repeat (model seed).
 
-    S: the post-processed similarity matrix (float32), averaged over repeats; S_raw: the raw one, averaged;
-    model: the first repeat's model, at its measured θ; trainings: each repeat's training report (None
-    when the weights were not trained); and the seconds spent in each of the two stages.
+    S: the post-processed similarity matrix [n, n] float32, averaged over repeats; model: the first
+    repeat's model, at its measured θ; trainings: each repeat's training report (None when the weights
+    were not trained); the seconds spent in each of the two stages; analysis and elasticity_png: the
+    elasticity analysis of the raw averaged matrix (`elasticity_analysis`), for a synthetic builtin only.
     """
 
     S: np.ndarray
-    S_raw: np.ndarray
     model: torch.nn.Module
     trainings: list[dict[str, Any] | None]
     train_seconds: float
     similarity_seconds: float
+    analysis: dict[str, Any] | None = None
+    elasticity_png: bytes | None = None
 
 
 @dataclass
@@ -208,7 +213,7 @@ def run_pipeline(
     inputs = load_stage(spec, data_dir, device_setting, progress)
     measurement = measure_stage(spec, inputs, data_dir, progress)
     tick = time.perf_counter()
-    clusters = cluster_stage(spec, measurement.S, progress)
+    clusters = cluster_stage(spec, measurement.S, progress, k=cluster_count(spec, inputs.data)[0])
     evaluation = evaluation_stage(spec, inputs.data, measurement, clusters, progress)
     timings = {
         "train_seconds": round(measurement.train_seconds, 4),
@@ -233,11 +238,21 @@ def measure_stage(spec: JobSpec, inputs: JobInputs, data_dir: DataDir, progress:
 
     Each repeat brings a fresh model to its θ (`measure_theta`) and measures the primary examples'
     similarity there (`similarity_stage`); the matrices are post-processed, then averaged.
+
+    Memory: the repeats stream into running sums, in place: one n × n sum of the raw matrices, plus one
+    of the post-processed matrices when post-processing is not linear (normalize, more than one repeat)
+    and the raw mean is needed as well (a synthetic builtin's elasticity analysis). The raw mean is
+    analysed first, then post-processed in place into S.
     """
     sim = spec.similarity
     train_seconds = similarity_seconds = 0.0
-    matrices, raw_matrices, trainings = [], [], []
+    trainings = []
     first_model: torch.nn.Module | None = None
+    data = inputs.data
+    wants_raw = data.coords is not None and data.builtin is not None
+    per_repeat = sim.normalize and sim.repeats > 1  # the mean of normalised matrices is not linear in them
+    raw_mean = similarity.RepeatMean() if wants_raw or not per_repeat else None
+    post_mean = similarity.RepeatMean() if per_repeat else None
     for repeat in range(sim.repeats):
         share = (repeat / sim.repeats, (repeat + 1) / sim.repeats)
         tick = time.perf_counter()
@@ -256,18 +271,37 @@ def measure_stage(spec: JobSpec, inputs: JobInputs, data_dir: DataDir, progress:
             spec, model, inputs, seed=spec.seed + repeat, progress=progress.within("similarity", *share)
         )
         similarity_seconds += time.perf_counter() - tick
-        raw_matrices.append(raw)
-        matrices.append(similarity.postprocess(raw, symmetrize=sim.symmetrize, normalize=sim.normalize))
+        if post_mean is not None:
+            if raw_mean is not None:
+                raw_mean.add(raw.copy() if raw_mean.total is None else raw)
+            post_mean.add(similarity.postprocess_(raw, symmetrize=sim.symmetrize, normalize=sim.normalize))
+        elif raw_mean is not None:
+            raw_mean.add(raw)
+        del raw
         if first_model is None:
             first_model = model
+        else:
+            del model
     assert first_model is not None  # similarity.repeats is at least 1
+    analysis = elasticity_png = None
+    if raw_mean is not None:
+        S_raw = raw_mean.mean()
+        del raw_mean
+        if wants_raw:
+            analysis, elasticity_png = elasticity_analysis(S_raw, data, spec)
+        if post_mean is None:
+            S = similarity.postprocess_(S_raw, symmetrize=sim.symmetrize, normalize=sim.normalize)
+        del S_raw
+    if post_mean is not None:
+        S = post_mean.mean()
     return Measurement(
-        S=np.mean(matrices, axis=0).astype(np.float32) if sim.repeats > 1 else matrices[0].astype(np.float32),
-        S_raw=np.mean(raw_matrices, axis=0) if sim.repeats > 1 else raw_matrices[0],
+        S=S,
         model=first_model,
         trainings=trainings,
         train_seconds=train_seconds,
         similarity_seconds=similarity_seconds,
+        analysis=analysis,
+        elasticity_png=elasticity_png,
     )
 
 
@@ -295,13 +329,23 @@ def similarity_stage(
     return raw
 
 
-def cluster_stage(spec: JobSpec, S: np.ndarray, progress: StageProgress) -> np.ndarray | None:
-    """Stage 4, clustering: a cluster label per primary example from S; None when the spec asks for none."""
+def cluster_count(spec: JobSpec, data: JobData) -> tuple[int, str]:
+    """(k, where it came from): the spec's k, else the number of primary classes (labelled data), else 2."""
+    classes = int(np.unique(data.y[data.primary]).size) if data.y is not None else None
+    if spec.clustering is None:
+        return 2, "default"
+    k, source = spec.clustering.resolve_k(classes)
+    return min(k, int(data.primary.size)), source
+
+
+def cluster_stage(spec: JobSpec, S: np.ndarray, progress: StageProgress, *, k: int) -> np.ndarray | None:
+    """Stage 4, clustering: a cluster label per primary example from S (into k clusters); None when the spec
+    asks for none."""
     progress("cluster", 0.0, "clustering")
     method = spec.clustering_method()
     if spec.clustering is None or method is None:
         return None
-    return clustering.cluster(S, method=method, k=spec.clustering.k, seed=spec.seed, n_init=spec.clustering.n_init)
+    return clustering.cluster(S, method=method, k=k, seed=spec.seed, n_init=spec.clustering.n_init)
 
 
 def evaluation_stage(
@@ -310,10 +354,9 @@ def evaluation_stage(
     """Stage 5, metrics and baselines: score the clusters and the baselines (`cluster_scores`) and, for a
     synthetic builtin, correlate similarity with geodesic distance (`elasticity_analysis`)."""
     result = cluster_scores(spec, data, measurement.S, clusters, progress)
-    elasticity_png = None
-    if data.coords is not None and data.builtin is not None:
-        result["analysis"], elasticity_png = elasticity_analysis(measurement.S_raw, data, spec)
-    return Evaluation(result=result, clusters=clusters, elasticity_png=elasticity_png)
+    if measurement.analysis is not None:
+        result["analysis"] = measurement.analysis
+    return Evaluation(result=result, clusters=clusters, elasticity_png=measurement.elasticity_png)
 
 
 def cluster_scores(
@@ -326,14 +369,31 @@ def cluster_scores(
     clustering, only the within/between similarity ratio is computed (when there are labels).
     """
     result: dict[str, Any] = {"n": int(data.primary.size), "clusters": None, "metrics": None, "baselines": {}}
+    if data.label_names is not None:
+        result["label_names"] = data.label_names
     labels_true = data.y[data.primary] if data.y is not None else None
+    one_class = labels_true is not None and np.unique(labels_true).size < 2
+    if one_class:
+        assert labels_true is not None
+        note = (
+            f"the primary examples all have label {labels_true[0]}: accuracy, ARI, NMI and the within/between "
+            "ratio need at least two classes among them"
+        )
     if spec.clustering is None or clusters is None:
-        if labels_true is not None:
+        if one_class:
+            result["metrics"], result["metrics_note"] = {"within_between_ratio": None}, note
+        elif labels_true is not None:
             result["metrics"] = {"within_between_ratio": metrics.similarity_ratio(S, labels_true)}
         return result
-    k = spec.clustering.k
+    k, k_from = cluster_count(spec, data)
     result["clusters"] = clusters.tolist()
-    result["clustering"] = {"method": spec.clustering_method(), "k": k}
+    result["clustering"] = {"method": spec.clustering_method(), "k": k, "k_from": k_from}
+    if one_class:
+        result["metrics"] = {"accuracy": None, "ari": None, "nmi": None, "within_between_ratio": None}
+        result["metrics_note"] = note
+        if spec.baselines:
+            result["baselines_note"] = "baselines skipped: " + note.replace("accuracy, ARI, NMI and the", "their")
+        return result
     if labels_true is not None:
         result["metrics"] = metrics.evaluate(S, labels_true, clusters)
     progress("cluster", 0.5, "baselines")
@@ -368,7 +428,10 @@ def artifacts_stage(
         clusters=evaluation.clusters,
         model=measurement.model,
         elasticity_png=evaluation.elasticity_png,
+        weights_metadata=weights_metadata(spec, list(inputs.data.X.shape[1:])),
+        heatmap_title=heatmap_title(spec),
     )
+    artifacts[-1:-1] = write_neighbors(job_dir, measurement.S, k=spec.output.neighbors)
     trained = [t for t in measurement.trainings if t is not None]
     result = evaluation.result
     result.update(
@@ -385,28 +448,84 @@ def artifacts_stage(
     return result
 
 
+def write_neighbors(job_dir: Path, S: np.ndarray, *, k: int) -> list[str]:
+    """neighbors_index.npy (int32 [n, k]) and neighbors_value.npy (float32 [n, k]): each row's k most similar
+    other examples, best first, ties by the lower column. Returns their names."""
+    from workers.compute import tiles
+
+    columns, values = tiles.neighbors(S, k, exclude_self=True)
+    for name, array in (("neighbors_index.npy", columns), ("neighbors_value.npy", values)):
+        with atomic_open(job_dir / name) as handle:
+            np.save(handle, array, allow_pickle=False)
+    return ["neighbors_index.npy", "neighbors_value.npy"]
+
+
+def heatmap_title(spec: JobSpec) -> str:
+    """The heat map's title: similarity kind and step, model and dataset."""
+    sim = spec.similarity
+    step = "small-step limit" if sim.step == 0 else f"step {sim.step:g}"
+    model = spec.model.model_dump()
+    shape = ", ".join(f"{key} {value}" for key, value in model.items() if key != "arch")
+    data = spec.dataset if isinstance(spec.dataset, str) else spec.dataset.builtin
+    return f"{sim.kind} similarity ({step}), {spec.model.arch} {shape}, dataset {data}"
+
+
+def weights_metadata(spec: JobSpec, input_shape: list[int]) -> dict[str, str]:
+    """What `weights.safetensors` records of how to rebuild its model, as one metadata entry `lelastic`: a
+    JSON object of lelastic's version, the model spec, the input shape, the loss and the weights spec.
+    (One entry, since safetensors writes several in no fixed order and the file must be reproducible.)"""
+    from service import __version__
+
+    described = {
+        "lelastic_version": __version__,
+        "model": spec.model.model_dump(mode="json"),
+        "input_shape": input_shape,
+        "loss": spec.loss,
+        "weights": spec.weights.model_dump(mode="json"),
+    }
+    return {"lelastic": json.dumps(described, sort_keys=True)}
+
+
 def describe_device(device: torch.device) -> str:
     """`cpu`, or a CUDA device with its name, e.g. `cuda:0 (NVIDIA H200)`."""
     return str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
 
 
 def elasticity_analysis(S_raw: np.ndarray, data: JobData, spec: JobSpec) -> tuple[dict[str, Any], bytes]:
-    """Correlation of similarity with geodesic distance over primary pairs of the same class."""
+    """Correlation of similarity with geodesic distance over primary pairs of the same class.
+
+    S_raw [n, n] is only read. The pairs (i, j), i ≠ j, of each class are gathered [ELASTICITY_ROWS] rows
+    at a time into two float32 vectors (similarity, distance) of Σ_c n_c (n_c − 1) entries: no n × n
+    temporary.
+    """
     from workers.compute import analysis, datasets, plots
 
     if data.coords is None or data.y is None or data.builtin is None:
         raise ValueError("the elasticity analysis needs a synthetic builtin (intrinsic coordinates and labels)")
     coords, labels = data.coords[data.primary], data.y[data.primary]
-    distances = np.full((coords.shape[0], coords.shape[0]), np.nan)  # undefined across classes
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        distances[np.ix_(rows, rows)] = datasets.geodesic_distances(
-            data.builtin, coords[rows], coords[rows], label=int(label)
-        )
-    stats = analysis.elasticity_correlation(S_raw, distances)
-    off_diagonal = ~np.eye(len(coords), dtype=bool) & np.isfinite(distances)
+    classes = [(int(label), np.flatnonzero(labels == label)) for label in np.unique(labels)]
+    total = sum(rows.size * (rows.size - 1) for _, rows in classes)
+    s = np.empty(total, dtype=np.float32)
+    d = np.empty(total, dtype=np.float32)
+    at = 0
+    for label, rows in classes:
+        for r0 in range(0, rows.size, ELASTICITY_ROWS):
+            chunk = rows[r0 : r0 + ELASTICITY_ROWS]
+            off = np.ones((chunk.size, rows.size), dtype=bool)
+            off[np.arange(chunk.size), r0 + np.arange(chunk.size)] = False  # i == j
+            count = int(off.sum())
+            s[at : at + count] = S_raw[np.ix_(chunk, rows)][off]
+            d[at : at + count] = datasets.geodesic_distances(data.builtin, coords[chunk], coords[rows], label=label)[
+                off
+            ]
+            at += count
+    keep = np.isfinite(s) & np.isfinite(d)
+    if not keep.all():
+        s, d = s[keep], d[keep]
+    stats = analysis.pair_correlation(s, d)
     title = f"{data.builtin}, {spec.model.arch}: {spec.similarity.kind} similarity"
-    png = plots.elasticity_png(S_raw[off_diagonal], distances[off_diagonal], title=title)
+    pearson = stats["pearson"]
+    png = plots.elasticity_png(s, d, title=title, r=float("nan") if pearson is None else float(pearson))
     return stats, png
 
 
@@ -418,8 +537,11 @@ def write_artifacts(
     clusters: np.ndarray | None,
     model: torch.nn.Module | None,
     elasticity_png: bytes | None,
+    weights_metadata: dict[str, str] | None = None,
+    heatmap_title: str = "Similarity matrix",
 ) -> list[str]:
-    """Write every artifact atomically; returns their names."""
+    """Write every artifact atomically; returns their names. `weights_metadata` goes into the
+    safetensors header (`__metadata__`, string to string)."""
     from workers.compute import plots
 
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -430,8 +552,12 @@ def write_artifacts(
             np.save(handle, array, allow_pickle=False)
         written.append(name)
 
-    save_npy("similarity.npy", S.astype(np.float32))
+    save_npy("similarity.npy", np.ascontiguousarray(S, dtype=np.float32))  # no copy of a float32 S
     save_npy("primary_index.npy", data.primary.astype(np.int64))
+    # The primary examples themselves (flattened) and their labels: what a client needs to show them.
+    save_npy("examples.npy", data.X[data.primary].reshape(data.primary.size, -1).astype(np.float32))
+    if data.y is not None:
+        save_npy("labels.npy", data.y[data.primary].astype(np.int64))
     if clusters is not None:
         save_npy("clusters.npy", clusters.astype(np.int64))
     if model is not None:
@@ -440,10 +566,18 @@ def write_artifacts(
         tensors = {
             name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in model.state_dict().items()
         }
-        atomic_write_bytes(job_dir / "weights.safetensors", save(tensors))
+        atomic_write_bytes(job_dir / "weights.safetensors", save(tensors, metadata=weights_metadata))
         written.append("weights.safetensors")
     order_labels = clusters if clusters is not None else np.zeros(S.shape[0], dtype=np.int64)
-    atomic_write_bytes(job_dir / "heatmap.png", plots.heatmap_png(S, order_labels))
+    atomic_write_bytes(
+        job_dir / "heatmap.png",
+        plots.heatmap_png(
+            S,
+            order_labels,
+            title=heatmap_title,
+            true_labels=data.y[data.primary] if data.y is not None else None,
+        ),
+    )
     written.append("heatmap.png")
     if elasticity_png is not None:
         atomic_write_bytes(job_dir / "elasticity.png", elasticity_png)

@@ -64,6 +64,27 @@ def _connect(settings: WorkerSettings) -> redis.Redis:
     return records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
 
 
+#: Ids of jobs this process was handed but did not run (canceled while queued, or gone): RQ would still log
+#: them as "Successfully completed … Job OK".
+_NOT_RUN: set[str] = set()
+
+
+class NotRunJobFilter(logging.Filter):
+    """Drops RQ's success lines ("Job OK", "Successfully completed …") for a job that was not run; the
+    task's own "job ended: canceled" line says what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _NOT_RUN:
+            return True
+        message = record.getMessage()
+        if "Job OK" not in message and "Successfully completed" not in message:
+            return True
+        return not any(job_id in message for job_id in _NOT_RUN)
+
+
+logging.getLogger("rq.worker").addFilter(NotRunJobFilter())
+
+
 def _with_job_logging(task: Callable[[str], str]) -> Callable[[str], str]:
     """Bind the job's id and tenant to every log record of the task; log its start and end."""
 
@@ -104,6 +125,7 @@ def run_job(job_id: str) -> str:
     started = jobstate.mark_running(conn, job_id)
     if not started.done:
         log.info("job %s is %s; not running it", job_id, started.before)
+        _NOT_RUN.add(job_id)
         return started.before or "missing"
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -114,13 +136,26 @@ def run_job(job_id: str) -> str:
         if record is None:
             raise JobCanceled("job is gone; stopping")
         spec = JobSpec.model_validate(record.spec)
-        result = run_pipeline(
-            spec,
-            job_dir=job_dir,
-            data_dir=data_dir,
-            device_setting=settings.device,
-            report=ProgressWriter(conn, job_id),
-        )
+        if spec.execution.mode == "sharded" or spec.observed is not None:
+            from workers import shards
+
+            if spec.execution.mode == "sharded":  # the tiles and the reduce step (workers.shards) end it
+                shards.start(
+                    conn, settings, spec, job_id=job_id, data_dir=data_dir, report=ProgressWriter(conn, job_id)
+                )
+                return JobStatus.RUNNING
+            # Observed columns in a single job: the same tiles, one after the other, in this work-horse.
+            result = shards.run_inline(
+                conn, settings, spec, job_id=job_id, data_dir=data_dir, report=ProgressWriter(conn, job_id)
+            )
+        else:
+            result = run_pipeline(
+                spec,
+                job_dir=job_dir,
+                data_dir=data_dir,
+                device_setting=settings.device,
+                report=ProgressWriter(conn, job_id),
+            )
         succeeded = jobstate.mark_succeeded(conn, job_id, result)
         if not succeeded.done:
             _discard(conn, data_dir, job_id)

@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import Depends, FastAPI
 
-from service.api import limits, requestlog, retention
+from service.api import edge, events, limits, openapi, requestlog, retention, ui
 from service.api.errors import install_error_handlers
-from service.api.routes import datasets, health, jobs, metrics
+from service.api.routes import dataset_rows, datasets, health, jobs, matrix, metrics
 from service.api.schemas import ErrorOut
-from service.contract import logs, records
+from service.contract import jobstate, logs, records
 from service.contract.settings import Settings, get_settings
 from service.contract.storage import DataDir
 
@@ -38,14 +39,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if not settings.redis_url:
         raise RuntimeError("LELASTIC_REDIS_URL is not set: the API needs the Redis/Valkey server's URL")
     app.state.redis = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    app.state.aredis = records.connect_async(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    # Records written before the status index existed are indexed once (idempotent; see jobstate).
+    await anyio.to_thread.run_sync(jobstate.ensure_indexed, app.state.redis)
     app.state.data_dir = DataDir(settings.data_dir)
     if not logs.is_configured():
         logs.configure_logging(settings)
     sweeper = retention.start_sweeper(app.state.redis, app.state.data_dir, settings)
+    app.state.event_hub = events.EventHub(app.state.aredis).start()
     try:
         yield
     finally:
+        await app.state.event_hub.stop()
         await retention.stop_sweeper(sweeper)
+        await app.state.aredis.aclose()
         app.state.redis.close()
 
 
@@ -56,19 +63,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served by service.api.ui from vendored files
+        redoc_url=None,
         responses={500: {"model": ErrorOut, "description": "Unexpected server error."}},
     )
     app.state.settings = settings or get_settings()
+    requestlog.keep_query_strings_out_of_logs()
     app.state.http_metrics = metrics.HttpMetrics()
+    app.add_middleware(edge.EdgeMiddleware, settings=app.state.settings)  # key, then a bounded body
     app.add_middleware(metrics.HttpMetricsMiddleware, http_metrics=app.state.http_metrics)
     install_error_handlers(app)
+    app.add_middleware(edge.HeadMiddleware)  # HEAD runs as GET without a body
     app.add_middleware(requestlog.RequestContextMiddleware, settings=app.state.settings)  # outermost: request ids
     # /v1 is rate limited per tenant; health, metrics and the docs are not.
     too_many: dict[int | str, dict[str, Any]] = {
         429: {"model": ErrorOut, "description": "Too many requests this minute; see Retry-After."}
     }
-    for router in (datasets.router, jobs.router):
+    for router in (datasets.router, dataset_rows.router, jobs.router, matrix.router):
         app.include_router(router, dependencies=[Depends(limits.rate_limit)], responses=too_many)
     for router in (health.router, metrics.router):
         app.include_router(router)
+    ui.install(app)
+    openapi.install(app)
     return app

@@ -25,17 +25,26 @@ class KeyFileError(ValueError):
     """The keys file has a line that is not `<tenant> <64 hex digits>`."""
 
 
-def load_keys(path: Path) -> list[tuple[str, str]]:
-    """(tenant, key hash) pairs of the keys file."""
-    entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+def parse_keys(text: str) -> tuple[list[tuple[str, str]], list[int]]:
+    """(tenant, key hash) pairs of a keys file's text, and the numbers of its malformed lines."""
+    entries, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split()
         if len(parts) != 2 or not TENANT_PATTERN.match(parts[0]) or not re.fullmatch(r"[0-9a-f]{64}", parts[1]):
-            raise KeyFileError(f"{path}:{number}: expected '<tenant> <sha256 hex>', got {line[:80]!r}")
+            problems.append(number)
+            continue
         entries.append((parts[0], parts[1]))
+    return entries, problems
+
+
+def load_keys(path: Path) -> list[tuple[str, str]]:
+    """(tenant, key hash) pairs of the keys file; KeyFileError names its first malformed line."""
+    entries, problems = parse_keys(path.read_text())
+    if problems:
+        raise KeyFileError(f"{path}:{problems[0]}: expected '<tenant> <sha256 hex>'")
     return entries
 
 

@@ -5,8 +5,9 @@ Every error body has FastAPI's shape, so a client parses one format::
     {"detail": [{"loc": ["body", "primary", "labels"], "msg": "...", "input": [3, 7]}, ...]}
 
 `loc` names the field (or header, path or query parameter), `msg` says what is wrong and what is
-allowed, `input` echoes the bad value. Request-validation errors from pydantic keep FastAPI's 422
-format (with `type` and `ctx`), only made safe for values JSON cannot carry (NaN, ±Inf).
+allowed, `input` echoes the bad value (at most a 200-character prefix of it). Request-validation errors
+from pydantic keep FastAPI's 422 format (with `type` and `ctx`), only made safe for values JSON cannot
+carry (NaN, ±Inf).
 
 The tree (catch at the level you care about)::
 
@@ -22,6 +23,7 @@ The tree (catch at the level you care about)::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -128,8 +130,24 @@ def json_safe(value: Any) -> Any:
     return replace_non_finite(jsonable_encoder(value), repr)
 
 
+#: Longest echo of a bad value in an error body; a longer one is cut to a prefix of its JSON text.
+MAX_INPUT_ECHO_CHARS = 200
+
+
+def short_input(value: Any) -> Any:
+    """`value`, or the first MAX_INPUT_ECHO_CHARS characters of its JSON text and "…" when it is longer."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) <= MAX_INPUT_ECHO_CHARS:
+        return value
+    return text[:MAX_INPUT_ECHO_CHARS] + "…"
+
+
 def error_response(status_code: int, issues: list[dict[str, Any]], **extra: Any) -> JSONResponse:
-    return JSONResponse(status_code=status_code, content=json_safe({"detail": issues, **extra}))
+    safe = json_safe(issues)
+    for entry in safe:
+        if isinstance(entry, dict) and "input" in entry:
+            entry["input"] = short_input(entry["input"])
+    return JSONResponse(status_code=status_code, content=json_safe({"detail": safe, **extra}))
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -141,7 +159,10 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(422, list(exc.errors()))
+    from service.api.messages import friendly_errors
+
+    errors = friendly_errors(list(exc.errors()), exc.body, content_type=request.headers.get("content-type"))
+    return error_response(422, errors)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -157,7 +178,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+#: Redis errors that mean the server cannot be reached (503); any other (a ResponseError: a command the
+#: server refused) is a bug of ours and answers 500.
+REDIS_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
 async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, REDIS_UNREACHABLE):
+        return await _unexpected_error(request, exc)
     log.warning("redis error on %s %s: %r", request.method, request.url.path, exc)
     return error_response(503, [issue(["redis"], f"the job store is unreachable right now: {exc}", None)])
 

@@ -11,15 +11,21 @@ Redis keys (`service.contract.keys`)::
                              final or gone whenever it is counted, so it stays right even if no worker
                              ever touches it (a member not created yet counts for a grace period).
     rate(tenant, window)     request counter of one fixed one-minute window (expires after two)
+    event_streams(tenant)    sorted set: open event stream token -> its lease's expiry. A stream renews
+                             its lease while it runs and drops it when it ends; a lease of a process
+                             that died lapses after STREAM_LEASE_SECONDS.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
 from typing import Any, cast
 
+import anyio
 import redis
+import redis.asyncio
 from fastapi import Depends
 
 from service.api.deps import RedisDep, SettingsDep, TenantDep
@@ -29,6 +35,10 @@ from service.contract.jobstate import ACTIVE
 from service.contract.settings import Settings
 
 RATE_WINDOW_SECONDS = 60
+#: Seconds an event stream's lease lasts unless renewed (streams renew theirs every few seconds).
+STREAM_LEASE_SECONDS = 30
+#: What a tenant at its event-streams limit is told to wait.
+STREAMS_RETRY_AFTER_SECONDS = 5
 #: Seconds an admitted job may take to get its record before the counter treats it as gone.
 CREATING_GRACE_SECONDS = 60
 #: What a tenant at its active-jobs limit is told to wait (jobs take a while; there is no better guess).
@@ -191,3 +201,51 @@ def rate_limit(conn: RedisDep, settings: SettingsDep, tenant: TenantDep) -> None
 
 
 RateLimited = Depends(rate_limit)
+
+
+# -------------------------------------------------------------------------------- event streams
+
+# KEYS[1]: the tenant's open streams. ARGV: token, now, lease seconds, limit.
+# Drops lapsed leases, then adds this one when fewer than the limit remain.
+# Returns -1 when opened, else the number of open streams.
+_OPEN_STREAM = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local count = redis.call('ZCARD', KEYS[1])
+if count >= tonumber(ARGV[4]) then return count end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
+return -1
+"""
+
+
+def open_stream(conn: redis.Redis, settings: Settings, tenant: str) -> str:
+    """A lease on one of the tenant's `max_event_streams_per_tenant` event streams (its token), or
+    TooManyRequests naming the limit. The stream renews it (`renew_stream`) and ends it (`close_stream`)."""
+    token = uuid.uuid4().hex
+    limit = settings.max_event_streams_per_tenant
+    count = int(
+        conn.eval(_OPEN_STREAM, 1, keys.event_streams(tenant), token, repr(time.time()), STREAM_LEASE_SECONDS, limit)
+    )
+    if count < 0:
+        return token
+    setting = "max_event_streams_per_tenant"
+    msg = (
+        f"open event streams = {count} reached {setting} = {limit} ({env_name(setting)}); "
+        "close a stream (or poll GET /v1/jobs/{job_id}) and try again"
+    )
+    entry = issue(["tenant"], msg, count)
+    entry["ctx"] = {"limit": setting, "allowed": limit, "env": env_name(setting)}
+    raise TooManyRequests([entry], retry_after=STREAMS_RETRY_AFTER_SECONDS)
+
+
+async def renew_stream(aconn: redis.asyncio.Redis, tenant: str, token: str) -> None:
+    """Extend an open stream's lease by STREAM_LEASE_SECONDS."""
+    key = keys.event_streams(tenant)
+    await aconn.zadd(key, {token: time.time() + STREAM_LEASE_SECONDS}, xx=True)
+    await aconn.expire(key, 2 * STREAM_LEASE_SECONDS)
+
+
+async def close_stream(aconn: redis.asyncio.Redis, tenant: str, token: str) -> None:
+    """Give the stream's lease back (also when the stream is being cancelled: a client went away)."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        await aconn.zrem(keys.event_streams(tenant), token)

@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any
 
-from service.api.deps import tenant_for_key
+from service.api.deps import key_from_headers, tenant_for_key
 from service.contract.logs import bind
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -23,6 +23,23 @@ def request_id_from(value: str | None) -> str:
     if value and _REQUEST_ID_PATTERN.match(value):
         return value
     return uuid.uuid4().hex
+
+
+class QueryStringFilter(logging.Filter):
+    """Cuts the query string off the path of uvicorn's access lines (args: client, method, path, version,
+    status), whatever their level: query strings never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            record.args = (*record.args[:2], record.args[2].split("?", 1)[0], *record.args[3:])
+        return True
+
+
+def keep_query_strings_out_of_logs() -> None:
+    """Install QueryStringFilter on uvicorn's access logger (once)."""
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, QueryStringFilter) for f in logger.filters):
+        logger.addFilter(QueryStringFilter())
 
 
 class RequestContextMiddleware:
@@ -80,10 +97,7 @@ class RequestContextMiddleware:
             settings = getattr(getattr(app, "state", None), "settings", None)
         if settings is None:
             return None
-        authorization = headers.get("authorization", "")
-        bearer = authorization[:7].lower() == "bearer "
-        key = authorization[7:].strip() if bearer else headers.get("x-api-key")
         try:
-            return tenant_for_key(settings.api_keys_file, key)
+            return tenant_for_key(settings.api_keys_file, key_from_headers(headers))
         except Exception:  # a broken keys file is the route's error to report, not the logger's
             return None

@@ -115,6 +115,43 @@ def active_jobs_by_upload(conn: redis.Redis, tenant: str | None = None) -> dict[
     return users
 
 
+#: Attempts of `delete_upload_if_unused` while jobs keep being created meanwhile.
+DELETE_ATTEMPTS = 20
+
+
+def delete_upload_if_unused(
+    conn: redis.Redis, dataset_id: str, tenant: str, active_users: Callable[[], list[str]]
+) -> list[str] | None:
+    """Delete the upload's record unless `active_users()` names a job; returns those jobs ([] once
+    deleted, None when jobs kept being created through every attempt).
+
+    Atomic against a job created meanwhile: the tenant's jobs index and the record are WATCHed while
+    the users are read, so a job recorded in between makes the delete start over (and then see it). A
+    job submitted after the delete re-checks its uploads once recorded (`uploads_exist`).
+    """
+    for _ in range(DELETE_ATTEMPTS):
+        with conn.pipeline() as pipe:
+            try:
+                pipe.watch(keys.jobs_index(tenant), keys.dataset(dataset_id))
+                users = active_users()
+                if users:
+                    pipe.unwatch()
+                    return users
+                pipe.multi()
+                pipe.delete(keys.dataset(dataset_id))
+                pipe.zrem(keys.datasets_index(tenant), dataset_id)
+                pipe.execute()
+                return []
+            except redis.WatchError:
+                continue
+    return None
+
+
+def uploads_exist(conn: redis.Redis, spec: dict[str, Any]) -> bool:
+    """Whether every upload a job spec names still has its record."""
+    return all(conn.exists(keys.dataset(upload_id)) for upload_id in _uploads_named(json.dumps(spec)))
+
+
 def _age(path: Path, now: float) -> float:
     try:
         return now - path.stat().st_mtime
@@ -240,7 +277,12 @@ def _remove_expired_uploads(sweep_pass: _Pass) -> bool:
             return False
         if dataset_id in in_use:
             continue
-        records.delete_dataset_record(sweep_pass.conn, dataset_id, tenant)
+
+        def users(dataset_id: str = dataset_id, tenant: str = tenant) -> list[str]:
+            return active_jobs_by_upload(sweep_pass.conn, tenant).get(dataset_id, [])
+
+        if delete_upload_if_unused(sweep_pass.conn, dataset_id, tenant, users) != []:
+            continue
         sweep_pass.data_dir.remove_dataset(dataset_id)
         sweep_pass.removed["datasets"].append(dataset_id)
         log.info("removed upload %s (created %.0f s ago)", dataset_id, sweep_pass.now - created)

@@ -2,9 +2,10 @@
 
 Accepted files (chosen by the file name's extension)::
 
-    .npz          X (numeric, [n, ...]) and optionally y (integer labels, [n]); nothing else
+    .npz          X (numeric, [n, ...]) and optionally y (labels, [n]: integers or strings); nothing else
     .npy          X only
-    .csv          numeric columns, optional header row, labels in the column named by `label_column`
+    .csv          numeric columns, optional header row, labels (integers or names) in the column named by
+                  `label_column`, or in a column named label, y, class or target when none is named
     .safetensors  model weights; only the header is read (8-byte little-endian length + JSON)
 
 Arrays are always loaded with `allow_pickle=False`. Every rejection is an `InvalidInput` whose entry
@@ -23,6 +24,7 @@ import os
 import re
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -31,14 +33,17 @@ import numpy as np
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from service.api import limits
 from service.api.errors import InvalidInput, PayloadTooLarge
+from service.contract.settings import Settings
 
 FORMATS = (".npz", ".npy", ".csv", ".safetensors")
 FORM_FIELDS = ("file", "label_column")
 MAX_FIELD_BYTES = 1024
 #: Room for the multipart framing and the small form fields when a Content-Length is checked up front.
 MULTIPART_SLACK_BYTES = 64 * 1024
-MAX_SAFETENSORS_HEADER = 100 * 1024**2
+#: A multipart boundary (RFC 2046: 1 to 70 characters of this set, not ending in a space).
+BOUNDARY_PATTERN = re.compile(rb"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")
 #: Bytes per element of each safetensors dtype.
 SAFETENSORS_ITEMSIZE = {
     **dict.fromkeys(("BOOL", "U8", "I8", "F8_E4M3", "F8_E5M2"), 1),
@@ -81,10 +86,15 @@ class _FormReceiver:
         self.headers: dict[str, bytes] = {}
         self.header_name, self.header_value = b"", b""
         self.part, self.value, self.saw_file = "", b"", False
+        self.parser: MultipartParser | None = None
+        self.ended = False  # the closing boundary was seen
 
     def callbacks(self) -> dict[str, Any]:
         names = ("on_header_field", "on_header_value", "on_header_end", "on_headers_finished", "on_part_data")
-        return {name: getattr(self, name) for name in (*names, "on_part_end")}
+        return {name: getattr(self, name) for name in (*names, "on_part_end", "on_end")}
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.header_name += data[start:end]
@@ -131,9 +141,13 @@ async def receive_multipart(request: Request, *, dest_dir: Path, max_bytes: int)
 
     Raises PayloadTooLarge once the file passes `max_bytes`, InvalidInput for a malformed form.
     """
-    content_type, options = parse_options_header(request.headers.get("content-type"))
-    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
-        msg = "must be multipart/form-data with a boundary and a `file` part"
+    msg = "must be multipart/form-data with a boundary (1 to 70 token characters) and a `file` part"
+    try:
+        content_type, options = parse_options_header(request.headers.get("content-type"))
+    except Exception as exc:  # the parser's own errors: a malformed header
+        raise InvalidInput.at(["header", "content-type"], msg, request.headers.get("content-type")) from exc
+    boundary = options.get(b"boundary", b"")
+    if content_type != b"multipart/form-data" or not BOUNDARY_PATTERN.fullmatch(boundary):
         raise InvalidInput.at(["header", "content-type"], msg, request.headers.get("content-type"))
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes + MULTIPART_SLACK_BYTES:
@@ -143,15 +157,18 @@ async def receive_multipart(request: Request, *, dest_dir: Path, max_bytes: int)
     try:
         with os.fdopen(fd, "wb") as handle:
             receiver = _FormReceiver(upload, handle, max_bytes)
-            parser = MultipartParser(options[b"boundary"], receiver.callbacks())  # type: ignore[arg-type]
             async for chunk in request.stream():
                 try:
-                    parser.write(chunk)
+                    if receiver.parser is None:
+                        receiver.parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
+                    receiver.parser.write(chunk)
                 except (InvalidInput, PayloadTooLarge):
                     raise
                 except Exception as exc:  # the parser's own errors: a malformed body
-                    raise InvalidInput.at(["body"], f"malformed multipart body: {exc}", None) from exc
-            parser.finalize()
+                    raise InvalidInput.at(["body"], f"malformed multipart body: {str(exc)[:200]}", None) from exc
+        if not receiver.ended:
+            msg = "the multipart body ends before its closing boundary (it was cut off): send it whole"
+            raise InvalidInput.at(["body"], msg, None)
         if not receiver.saw_file:
             msg = f"field required: a file ending in one of {list(FORMATS)}"
             raise InvalidInput.at(["body", "file"], msg, None)
@@ -178,13 +195,27 @@ def upload_format(filename: str) -> str:
 # -------------------------------------------------------------------------------------- arrays
 
 
+#: Header names (any case) of a CSV column taken as the labels when no `label_column` is given.
+LABEL_COLUMN_NAMES = ("label", "y", "class", "target")
+
+
 @dataclass
 class ParsedDataset:
     X: np.ndarray  # float32 (n, *shape)
     y: np.ndarray | None  # int64 (n,)
+    #: String labels' original names, by integer label (y indexes into it); None for integer labels.
+    label_names: list[str] | None = None
+    #: The CSV column the labels came from.
+    label_column: str | None = None
+    #: What the upload should tell the client (e.g. a label column found by its name).
+    notes: list[str] = field(default_factory=list)
 
 
-def read_npy(path: Path) -> ParsedDataset:
+def read_npy(path: Path, settings: Settings) -> ParsedDataset:
+    """X from a .npy file, after its header passed `check_header` (nothing is decoded before)."""
+    with open(path, "rb") as handle:
+        shape, dtype = npy_header(handle, "X")
+    check_header("X", shape, dtype, settings)
     try:
         X = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
@@ -192,27 +223,91 @@ def read_npy(path: Path) -> ParsedDataset:
     return checked_dataset(X, None)
 
 
-def read_npz(path: Path, *, max_bytes: int) -> ParsedDataset:
+def read_npz(path: Path, settings: Settings) -> ParsedDataset:
+    """X (and y) from a .npz archive. Every member must be an .npy file (`X.npy`, optionally `y.npy`)
+    whose header passes `check_header` before any member is decompressed."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = set(archive.files)
-            unknown = sorted(names - {"X", "y"})
-            if "X" not in names or unknown:
-                raise InvalidInput.at(
-                    ["body", "file"],
-                    "a .npz must hold an array 'X' and optionally 'y', nothing else",
-                    sorted(names),
-                )
-            expanded = sum(info.file_size for info in archive.zip.infolist())
-            if expanded > 4 * max_bytes:
-                raise InvalidInput.at(
-                    ["body", "file"],
-                    f"the arrays expand to {expanded} bytes; at most {4 * max_bytes} are allowed",
-                    None,
-                )
-            return checked_dataset(archive["X"], archive["y"] if "y" in names else None)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+            names = [m.removesuffix(".npy") for m in members]
+            if any(not m.endswith(".npy") for m in members) or set(names) - {"X", "y"} or "X" not in names:
+                msg = "a .npz must hold an array 'X' (member X.npy) and optionally 'y' (y.npy), nothing else"
+                raise InvalidInput.at(["body", "file"], msg, sorted(names)[:10])
+            if len(set(names)) != len(names):
+                raise InvalidInput.at(["body", "file"], "a .npz member appears twice", members[:10])
+            headers = {}
+            for member, name in zip(members, names, strict=True):
+                with archive.open(member) as stream:
+                    headers[name] = npy_header(stream, name)
+            check_header("X", *headers["X"], settings)
+            if "y" in headers:
+                check_header("y", *headers["y"], settings, n=headers["X"][0][0])
+            arrays = {}
+            for member, name in zip(members, names, strict=True):
+                with archive.open(member) as stream:
+                    arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
         raise InvalidInput.at(["body", "file"], f"not a readable .npz archive without pickles: {exc}", None) from exc
+    return checked_dataset(arrays["X"], arrays.get("y"))
+
+
+#: .npy format versions read (3.0 differs only in allowing UTF-8 field names, which no numeric array has).
+NPY_VERSIONS = ((1, 0), (2, 0))
+
+
+def npy_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of the .npy data at the start of `stream`; nothing else is read."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in NPY_VERSIONS:
+            raise ValueError(f"format version {version[0]}.{version[1]}; allowed: 1.0, 2.0")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile, zlib.error) as exc:
+        raise InvalidInput.at(["body", "file", name], f"{name} is not an .npy array: {exc}", None) from exc
+    return tuple(int(s) for s in shape), dtype
+
+
+def check_header(
+    name: str, shape: tuple[int, ...], dtype: np.dtype, settings: Settings, *, n: int | None = None
+) -> None:
+    """Refuse an array by its header alone: X numeric [n, ...] within max_examples, max_features and
+    max_dataset_bytes (as float32); y numeric [n]."""
+    if dtype.hasobject:
+        msg = f"{name} holds Python objects, which would need a pickle; only numeric arrays are read"
+        raise InvalidInput.at(["body", "file", name], msg, str(dtype))
+    if dtype.kind not in ("biuf" if name == "X" else "iufUS") or dtype.fields is not None:
+        allowed = "bool, int or float" if name == "X" else "int, float or string labels"
+        msg = f"{name} must be a numeric array ({allowed}); got dtype {dtype.str!r}"
+        raise InvalidInput.at(["body", name], msg, str(dtype))
+    if name == "y":
+        if shape != (n,):
+            raise InvalidInput.at(["body", "y"], f"y must have shape [{n}] (one label per row of X)", list(shape))
+        return
+    check_dataset_size(shape, settings)
+
+
+def check_dataset_size(shape: tuple[int, ...] | list[int], settings: Settings) -> None:
+    """max_examples, max_features and max_dataset_bytes (n × features × 4) for a dataset of `shape`."""
+    if len(shape) < 2 or shape[0] < 2 or math.prod(shape[1:]) == 0:
+        raise InvalidInput.at(
+            ["body", "X"], "X must have shape [n, ...] with n >= 2 examples of at least one value each", list(shape)
+        )
+    found = limits.dataset_issues(shape, settings)
+    decoded = math.prod(shape) * 4
+    if decoded > settings.max_dataset_bytes:
+        found.append(
+            limits.limit_issue(
+                ["body", "file", "X"],
+                "X as float32",
+                decoded,
+                "max_dataset_bytes",
+                settings.max_dataset_bytes,
+                " bytes",
+            )
+        )
+    if found:
+        raise InvalidInput(found)
 
 
 def checked_dataset(X: np.ndarray, y: np.ndarray | None) -> ParsedDataset:
@@ -245,8 +340,13 @@ def checked_dataset(X: np.ndarray, y: np.ndarray | None) -> ParsedDataset:
         raise InvalidInput.at(
             ["body", "y"], f"y must have shape [{X.shape[0]}] (one label per row of X)", list(y.shape)
         )
+    if y.dtype.kind in "US":  # string labels: numbered in sorted order, the names kept
+        names, numbers = np.unique(y.astype(str), return_inverse=True)
+        return ParsedDataset(X32, numbers.astype(np.int64), label_names=[str(name) for name in names])
     if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(np.isfinite(y))):
-        raise InvalidInput.at(["body", "y"], f"y must hold integer labels; got dtype {y.dtype.str!r}", str(y.dtype))
+        raise InvalidInput.at(
+            ["body", "y"], f"y must hold integer or string labels; got dtype {y.dtype.str!r}", str(y.dtype)
+        )
     if y.dtype.kind == "f" and np.any(y != np.round(y)):
         first = int(np.flatnonzero(y != np.round(y))[0])
         raise InvalidInput.at(["body", "y", first], "y must hold integer labels", float(y[first]))
@@ -265,14 +365,59 @@ def _number(text: str) -> float | None:
         return None
 
 
-def read_csv(path: Path, *, label_column: str | None) -> ParsedDataset:
+#: Longest CSV line accepted, in bytes per allowed column (a number's text is far shorter).
+CSV_BYTES_PER_COLUMN = 64
+
+
+def scan_csv_lines(path: Path, settings: Settings) -> None:
+    """Before the CSV is parsed: its first line has at most max_features + 1 columns (counted as commas,
+    so quoted commas count too) and no line is longer than CSV_BYTES_PER_COLUMN bytes per allowed column.
+    Reads the file in 1 MiB blocks; a parser never sees a line that would not fit."""
+    columns_allowed = settings.max_features + 1
+    max_line = CSV_BYTES_PER_COLUMN * columns_allowed
+    first_line_commas, line_length, first = 0, 0, True
+    with open(path, "rb") as handle:
+        while block := handle.read(1024**2):
+            for piece_index, piece in enumerate(block.split(b"\n")):
+                if piece_index > 0:
+                    if first and line_length > 0:
+                        first = False
+                    line_length = 0
+                line_length += len(piece)
+                if first:
+                    first_line_commas += piece.count(b",")
+                    if first_line_commas + 1 > columns_allowed:
+                        found = limits.limit_issue(
+                            ["body", "file", "row 1"],
+                            "columns",
+                            first_line_commas + 1,
+                            "max_features",
+                            settings.max_features,
+                            " (+ 1 label column)",
+                        )
+                        raise InvalidInput([found])
+                if line_length > max_line:
+                    msg = (
+                        f"a line is longer than {max_line} bytes ({CSV_BYTES_PER_COLUMN} per column allowed by "
+                        "max_features, LELASTIC_MAX_FEATURES)"
+                    )
+                    raise InvalidInput.at(["body", "file"], msg, None)
+
+
+def read_csv(path: Path, settings: Settings, *, label_column: str | None) -> ParsedDataset:
     """Numeric CSV, read row by row. The first row is a header when none of its cells is a number.
 
-    `label_column` is a header name, or a 0-based column number when there is no header.
+    `label_column` is a header name, or a 0-based column number when there is no header. Without it, a
+    header column named label, y, class or target (any case) holds the labels, and a note says so.
+    Labels are integers, or names (any text) that are numbered in sorted order. Lines and columns are
+    bounded before parsing (`scan_csv_lines`); rows past max_examples or max_dataset_bytes stop the read.
     """
+    scan_csv_lines(path, settings)
     values = array.array("d")
+    label_cells: list[tuple[int, str]] = []
     names: list[str] = []
     label_index: int | None = None
+    notes: list[str] = []
     rows = 0
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -283,27 +428,64 @@ def read_csv(path: Path, *, label_column: str | None) -> ParsedDataset:
                     is_header = all(_number(cell) is None for cell in row)
                     names = [cell.strip() for cell in row] if is_header else [str(i) for i in range(len(row))]
                     label_index = _label_index(names, label_column)
+                    if label_index is None and is_header:
+                        label_index = _detected_label_index(names)
+                        if label_index is not None:
+                            notes.append(
+                                f"column {names[label_index]!r} holds the labels (found by its name); send "
+                                "label_column to choose another column"
+                            )
                     if is_header:
                         continue
                 if len(row) != len(names):
                     msg = f"row {line} has {len(row)} columns; the file has {len(names)}"
                     raise InvalidInput.at(["body", "file", f"row {line}"], msg, len(row))
                 for c, cell in enumerate(row):
+                    if c == label_index:
+                        label_cells.append((line, cell.strip()))
+                        continue
                     number = _number(cell)
                     if number is None or not math.isfinite(number):
                         msg = f"row {line}, column {names[c]!r}: expected a finite number"
                         raise InvalidInput.at(["body", "file", f"row {line}", f"column {names[c]}"], msg, cell)
-                    if c == label_index and number != round(number):
-                        msg = f"row {line}, column {names[c]!r}: labels must be integers"
-                        raise InvalidInput.at(["body", "file", f"row {line}", f"column {names[c]}"], msg, cell)
                     values.append(number)
                 rows += 1
+                if rows > settings.max_examples or rows * len(names) * 4 > settings.max_dataset_bytes:
+                    check_dataset_size((rows, max(len(names) - (label_index is not None), 1)), settings)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InvalidInput.at(["body", "file"], f"not a UTF-8 CSV file: {exc}", None) from exc
-    table = np.frombuffer(values, dtype=np.float64).reshape(rows, max(len(names), 1))
+    features = max(len(names) - (label_index is not None), 1)
+    check_dataset_size((rows, features), settings)
+    table = np.frombuffer(values, dtype=np.float64).reshape(rows, features)
     if label_index is None:
         return checked_dataset(table, None)
-    return checked_dataset(np.delete(table, label_index, axis=1), table[:, label_index])
+    parsed = checked_dataset(table, _csv_labels(label_cells, names[label_index]))
+    parsed.label_column, parsed.notes = names[label_index], notes
+    return parsed
+
+
+def _csv_labels(cells: list[tuple[int, str]], column: str) -> np.ndarray:
+    """The label column as integers when every cell is a number (each must be an integer), else as names."""
+    numbers = [_number(cell) for _, cell in cells]
+    if any(number is None for number in numbers):
+        empty = next((line for line, cell in cells if not cell), None)
+        if empty is not None:
+            msg = f"row {empty}, column {column!r}: the label is empty"
+            raise InvalidInput.at(["body", "file", f"row {empty}", f"column {column}"], msg, "")
+        return np.array([cell for _, cell in cells], dtype=str)
+    for (line, cell), number in zip(cells, numbers, strict=True):
+        if number is None or not math.isfinite(number) or number != round(number):
+            msg = f"row {line}, column {column!r}: labels must be integers or names"
+            raise InvalidInput.at(["body", "file", f"row {line}", f"column {column}"], msg, cell)
+    return np.array(numbers, dtype=np.float64)
+
+
+def _detected_label_index(names: list[str]) -> int | None:
+    lowered = [name.lower() for name in names]
+    for candidate in LABEL_COLUMN_NAMES:
+        if candidate in lowered:
+            return lowered.index(candidate)
+    return None
 
 
 def _label_index(names: list[str], label_column: str | None) -> int | None:
@@ -317,8 +499,10 @@ def _label_index(names: list[str], label_column: str | None) -> int | None:
 # -------------------------------------------------------------------------------- safetensors
 
 
-def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
-    """Name → {"dtype", "shape"} of every tensor, after checking the header against the file size."""
+def read_safetensors_header(path: Path, settings: Settings) -> dict[str, dict[str, Any]]:
+    """Name → {"dtype", "shape"} of every tensor, after checking the header against the file size, the
+    header against max_safetensors_header_bytes and max_weight_tensors, and every float tensor for
+    non-finite values."""
     total = path.stat().st_size
 
     def bad(msg: str, value: Any = None) -> InvalidInput:
@@ -329,42 +513,94 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
         if len(prefix) < 8:
             raise bad("shorter than its 8-byte header length", total)
         length = int.from_bytes(prefix, "little")
-        if length > MAX_SAFETENSORS_HEADER or length > total - 8:
-            raise bad(f"header length {length} exceeds the file ({total} bytes) or the 100 MB header limit", length)
+        if length > settings.max_safetensors_header_bytes:
+            found = limits.limit_issue(
+                ["body", "file"],
+                "header length",
+                length,
+                "max_safetensors_header_bytes",
+                settings.max_safetensors_header_bytes,
+                " bytes",
+            )
+            raise InvalidInput([found])
+        if length > total - 8:
+            raise bad(f"header length {length} exceeds the file ({total} bytes)", length)
         raw = handle.read(length)
     try:
         header = json.loads(raw.decode("utf-8"))
+    except RecursionError as exc:
+        raise bad("the header nests too deeply (it must be an object of tensor entries)") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise bad(f"the header is not UTF-8 JSON ({exc})") from exc
     if not isinstance(header, dict):
         raise bad("the header must be a JSON object", type(header).__name__)
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise bad("__metadata__ must map strings to strings", None)
     if not header:
         raise bad("it holds no tensors")
+    if len(header) > settings.max_weight_tensors:
+        found = limits.limit_issue(
+            ["body", "file"], "tensors", len(header), "max_weight_tensors", settings.max_weight_tensors
+        )
+        raise InvalidInput([found])
     tensors: dict[str, dict[str, Any]] = {}
     spans = []
     for name, entry in header.items():
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise bad(f"tensor {name!r} needs exactly dtype, shape and data_offsets", entry)
+            raise bad(f"tensor {name[:100]!r} needs exactly dtype, shape and data_offsets", entry)
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype not in SAFETENSORS_ITEMSIZE:
-            raise bad(f"tensor {name!r} has dtype {dtype!r}; allowed: {sorted(SAFETENSORS_ITEMSIZE)}", dtype)
+            raise bad(f"tensor {name[:100]!r} has dtype {dtype!r}; allowed: {sorted(SAFETENSORS_ITEMSIZE)}", dtype)
         if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
-            raise bad(f"tensor {name!r} has an invalid shape", shape)
+            raise bad(f"tensor {name[:100]!r} has an invalid shape", shape)
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
-            raise bad(f"tensor {name!r} has invalid data_offsets", offsets)
+            raise bad(f"tensor {name[:100]!r} has invalid data_offsets", offsets)
         if offsets[1] - offsets[0] != math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]:
-            raise bad(f"tensor {name!r}: data_offsets {offsets} do not match shape {shape} of {dtype}", offsets)
+            raise bad(f"tensor {name[:100]!r}: data_offsets {offsets} do not match shape {shape} of {dtype}", offsets)
         spans.append((offsets[0], offsets[1], name))
         tensors[name] = {"dtype": dtype, "shape": shape}
     position = 0
     for begin, end, name in sorted(spans):
         if begin != position:
-            raise bad(f"tensor {name!r} starts at byte {begin}, expected {position} (no gaps or overlaps)", begin)
+            raise bad(f"tensor {name[:100]!r} starts at byte {begin}, expected {position} (no gaps or overlaps)", begin)
         position = end
     if position != total - 8 - length:
         raise bad(f"the tensors take {position} bytes but the file holds {total - 8 - length} after the header")
+    for begin, end, name in spans:
+        check_finite_tensor(path, 8 + length + begin, end - begin, name, tensors[name]["dtype"])
     return tensors
+
+
+#: (unsigned view, exponent mask) of each float dtype: a value is NaN or ±Inf when its exponent bits are all
+#: ones. F8_E4M3 (the "fn" variant safetensors uses) has no infinities; its NaN is every bit but the sign.
+_FLOAT_BITS: dict[str, tuple[np.dtype, int]] = {
+    "F64": (np.dtype("<u8"), 0x7FF0_0000_0000_0000),
+    "F32": (np.dtype("<u4"), 0x7F80_0000),
+    "F16": (np.dtype("<u2"), 0x7C00),
+    "BF16": (np.dtype("<u2"), 0x7F80),
+    "F8_E5M2": (np.dtype("u1"), 0x7C),
+    "F8_E4M3": (np.dtype("u1"), 0x7F),
+}
+#: Bytes of a tensor checked at a time.
+FINITE_CHECK_BLOCK = 16 * 1024**2
+
+
+def check_finite_tensor(path: Path, offset: int, size: int, name: str, dtype: str) -> None:
+    """InvalidInput if the float tensor at `offset` of the file holds a NaN or ±Inf (read in blocks)."""
+    if dtype not in _FLOAT_BITS or size == 0:
+        return
+    view, mask = _FLOAT_BITS[dtype]
+    step = FINITE_CHECK_BLOCK - FINITE_CHECK_BLOCK % view.itemsize
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        done = 0
+        while done < size:
+            block = np.frombuffer(handle.read(min(step, size - done)), dtype=view)
+            if np.any((block & view.type(mask)) == view.type(mask)):
+                msg = f"tensor {name[:100]!r} holds NaN or ±Inf; only finite weights are accepted"
+                raise InvalidInput.at(["body", "file", name[:100]], msg, None)
+            done += step
 
 
 def safe_name(filename: str) -> str:

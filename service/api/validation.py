@@ -19,7 +19,8 @@ import redis
 
 from service.api import limits
 from service.api.errors import InvalidInput, issue
-from service.contract import records
+from service.api.usecases.queries import is_record_id
+from service.contract import memory, records, sharding
 from service.contract import spec as job_spec
 from service.contract.architectures import ARCHITECTURES, alternatives_phrase, architecture_of
 from service.contract.settings import Settings
@@ -51,9 +52,10 @@ def dataset_facts(
         else:
             counts = {c: info["n"] // 2 for c in info["classes"]}
         return DatasetFacts(n=info["n"], shape=info["shape"], classes=info["classes"], class_counts=counts)
-    record = records.get_dataset(conn, dataset)
+    record = records.get_dataset(conn, dataset) if is_record_id(dataset) else None
     if record is None or record["tenant"] != tenant or record["kind"] != "dataset":
-        hint = " (that id holds weights; pass it as weights.weights)" if record and record["kind"] == "weights" else ""
+        yours = record if record is not None and record["tenant"] == tenant else None  # another tenant's: unknown
+        hint = " (that id holds weights; pass it as weights.weights)" if yours and yours["kind"] == "weights" else ""
         raise InvalidInput.at(
             ["body", "dataset"],
             f"no uploaded dataset has this id{hint}; use an id from "
@@ -121,7 +123,7 @@ def _size(selection: job_spec.Selection | None, facts: DatasetFacts) -> int | No
         return len(selection.indices)
     if facts.class_counts is None:
         return None
-    return sum(facts.class_counts.get(label, 0) for label in selection.labels or [])
+    return sum(facts.class_counts.get(int(label), 0) for label in selection.labels or [])
 
 
 def primary_count(spec: job_spec.JobSpec, facts: DatasetFacts) -> int | None:
@@ -159,9 +161,13 @@ def _overlap_and_size_issues(spec: job_spec.JobSpec, facts: DatasetFacts) -> lis
                         shared_rows[:5],
                     )
                 )
-    need = max(2, spec.clustering.k if spec.clustering else 2)
+    need = max(2, (spec.clustering.k or 2) if spec.clustering else 2)
     if primary_size is not None and primary_size < need:
-        why = f"clustering.k = {spec.clustering.k}" if spec.clustering and spec.clustering.k > 2 else "a similarity"
+        why = (
+            f"clustering.k = {spec.clustering.k}"
+            if spec.clustering and (spec.clustering.k or 2) > 2
+            else "a similarity"
+        )
         found.append(
             issue(
                 ["body", "primary"],
@@ -208,9 +214,10 @@ def _weights_issues(
         return []
     loc = ["body", "weights", "weights"]
     upload_id = spec.weights.weights
-    record = records.get_dataset(conn, upload_id)
+    record = records.get_dataset(conn, upload_id) if is_record_id(upload_id) else None
     if record is None or record["tenant"] != tenant or record["kind"] != "weights":
-        what = "holds a dataset, not weights" if record and record["kind"] == "dataset" else "is not an upload"
+        yours = record if record is not None and record["tenant"] == tenant else None  # another tenant's: unknown
+        what = "holds a dataset, not weights" if yours and yours["kind"] == "dataset" else "is not an upload"
         return [
             issue(
                 loc,
@@ -257,6 +264,8 @@ def _limit_issues(
     """The spec against the service's limits; each issue names the limit and its setting."""
     found: list[dict[str, Any]] = []
     n = primary_count(spec, facts) if known_n else None
+    if n is not None and sharding.resolve_mode(spec, n, settings) == "sharded":
+        n = None  # a sharded job's own limits: service.api.execution
     if n is not None and n > settings.max_examples:
         found.append(limits.limit_issue(["body", "primary"], "n", n, "max_examples", settings.max_examples))
     if n is not None and 4 * n * n > settings.max_matrix_bytes:
@@ -270,6 +279,8 @@ def _limit_issues(
                 " bytes",
             )
         )
+    if known_model and n is not None:
+        found += _memory_issues(spec, facts, settings, n)
     if known_model:
         shapes = job_spec.parameter_shapes(spec.model, facts.shape)
         count = sum(math.prod(shape) for shape in shapes.values())
@@ -288,13 +299,58 @@ def _limit_issues(
         found.append(
             limits.limit_issue(["body", "weights", "epochs"], "epochs", epochs, "max_epochs", settings.max_epochs)
         )
-    if spec.clustering is not None and spec.clustering.k > settings.max_clusters:
+    if spec.clustering is not None and spec.clustering.k is not None and spec.clustering.k > settings.max_clusters:
         found.append(
             limits.limit_issue(
                 ["body", "clustering", "k"], "k", spec.clustering.k, "max_clusters", settings.max_clusters
             )
         )
     return found
+
+
+def _memory_issues(spec: job_spec.JobSpec, facts: DatasetFacts, settings: Settings, n: int) -> list[dict[str, Any]]:
+    """The estimated peak memory of a single-mode job (service.contract.memory) against max_job_memory."""
+    n_auxiliary = _size(spec.auxiliary, facts) if spec.auxiliary is not None else 0
+    estimate = memory.estimate_spec_memory(
+        spec, n=n, n_auxiliary=n_auxiliary or 0, dataset_rows=facts.n, input_shape=facts.shape
+    )
+    if estimate.total <= settings.max_job_memory:
+        return []
+    loc: list[str | int] = (
+        ["body", "model"] if estimate.driver() in ("hidden activations", "model") else ["body", "primary"]
+    )
+    what = f"the job's estimated peak memory ({memory.size_text(estimate.total)} with n = {n}; {estimate.explain()})"
+    return [limits.limit_issue(loc, what, estimate.total, "max_job_memory", settings.max_job_memory, " bytes")]
+
+
+def with_label_numbers(
+    conn: redis.Redis, data_dir: DataDir, spec: job_spec.JobSpec, *, tenant: str
+) -> job_spec.JobSpec:
+    """The spec with label names in its selections replaced by the integer labels they stand for (a dataset
+    uploaded with string labels keeps their names); InvalidInput for a name the dataset does not have."""
+    named = [
+        name
+        for name in ("primary", "auxiliary", "observed")
+        if (selection := getattr(spec, name, None)) is not None
+        and any(isinstance(label, str) for label in selection.labels or [])
+    ]
+    if not named:
+        return spec
+    record = records.get_dataset(conn, spec.dataset) if isinstance(spec.dataset, str) else None
+    names: list[str] = (record or {}).get("label_names") or []
+    found, update = [], {}
+    for name in named:
+        selection = getattr(spec, name)
+        unknown = [label for label in selection.labels if isinstance(label, str) and label not in names]
+        if unknown:
+            allowed = f"its label names are {names}" if names else "this dataset has integer labels (or none)"
+            found.append(issue(["body", name, "labels"], f"labels {unknown} are not label names; {allowed}", unknown))
+            continue
+        numbers = [names.index(label) if isinstance(label, str) else label for label in selection.labels]
+        update[name] = selection.model_copy(update={"labels": numbers})
+    if found:
+        raise InvalidInput(found)
+    return spec.model_copy(update=update)
 
 
 def check_job_spec(

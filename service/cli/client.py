@@ -70,10 +70,11 @@ class Client:
         body: dict[str, Any] = self._check(response).json()
         return body
 
-    def upload_dataset(self, path: Path) -> dict[str, Any]:
+    def upload_dataset(self, path: Path, *, label_column: str | None = None) -> dict[str, Any]:
         """POST /v1/datasets with the file as multipart field `file`; returns the dataset record."""
+        data = {"label_column": label_column} if label_column else None
         with open(path, "rb") as handle:
-            return self._json(self.http.post("/v1/datasets", files={"file": (path.name, handle)}))
+            return self._json(self.http.post("/v1/datasets", files={"file": (path.name, handle)}, data=data))
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/jobs; returns the job record (with its `id`)."""
@@ -81,6 +82,11 @@ class Client:
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._json(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def jobs(self, *, status: str | None = None, limit: int = 50) -> dict[str, Any]:
+        """GET /v1/jobs: one page of the tenant's jobs, newest first."""
+        params: dict[str, str | int] = {"limit": limit, **({"status": status} if status else {})}
+        return self._json(self.http.get("/v1/jobs", params=params))
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._json(self.http.delete(f"/v1/jobs/{job_id}"))
@@ -190,11 +196,14 @@ def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str, Any]]:
 class ProgressBar:
     """A one-line text progress bar on a stream (stderr by default); no extra dependency."""
 
-    def __init__(self, stream: Any = None, width: int = 30) -> None:
+    def __init__(self, stream: Any = None, width: int = 30, *, every: float = 5.0) -> None:
         import sys
 
         self.stream = stream or sys.stderr
         self.width = width
+        #: Off a terminal, a line at least this often (seconds) while progress arrives, besides one per stage.
+        self.every = every
+        self._last_line_at = 0.0
         self._last = ""
         self._last_stage: str | None = None
         self._finished = False
@@ -207,10 +216,12 @@ class ProgressBar:
         message = (progress.get("message") or "")[:40]
         if not self.interactive:  # a log file or pipe: one line per stage, no carriage returns
             finished = fraction >= 1.0
-            if stage != self._last_stage or (finished and not self._finished):
-                self.stream.write(f"{fraction * 100:5.1f}% {stage} {message}\n")
+            due = time.monotonic() - self._last_line_at >= self.every
+            if stage != self._last_stage or (finished and not self._finished) or due:
+                self.stream.write(f"{fraction * 100:5.1f}% {stage} {message}\n".replace(" \n", "\n"))
                 self.stream.flush()
                 self._last_stage, self._finished = stage, finished
+                self._last_line_at = time.monotonic()
             return
         line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}% {stage} {message}"
         self.stream.write(line.ljust(len(self._last)))
@@ -231,3 +242,26 @@ def follow_with_progress(client: Client, job_id: str, timeout: float | None = No
         return client.follow(job_id, on_progress=bar, timeout=timeout)
     finally:
         bar.done()
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """LE clustering next to the baselines: accuracy, ARI, NMI (and why a score is missing)."""
+    rows = [("LE clustering", result.get("metrics") or {})]
+    rows += [(name, values) for name, values in (result.get("baselines") or {}).items()]
+    lines = [f"{'method':<16}{'accuracy':>10}{'ARI':>8}{'NMI':>8}"]
+    for name, values in rows:
+        cells = "".join(
+            f"{_number(values.get(key)):>{width}}" for key, width in (("accuracy", 10), ("ari", 8), ("nmi", 8))
+        )
+        lines.append(f"{name:<16}{cells}")
+    ratio = (result.get("metrics") or {}).get("within_between_ratio")
+    if ratio is not None:
+        lines.append(f"within/between similarity ratio (LE): {_number(ratio)}")
+    for note in ("metrics_note", "baselines_note"):
+        if result.get(note):
+            lines.append(f"note: {result[note]}")
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from service.cli.client import Client, follow_with_progress
+from service.cli.client import Client, follow_with_progress, format_table
 from service.cli.supervisor import Stack, StackConfig
 from service.contract.jobstate import JobStatus
 from service.contract.spec import EXAMPLE_SPEC
@@ -104,23 +104,3 @@ def demo_job(client: Client, out: Path) -> int:
     for path in paths:
         print(f"  {path}")
     return 0
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """LE clustering next to the baselines: accuracy, ARI, NMI."""
-    rows = [("LE clustering", result.get("metrics") or {})]
-    rows += [(name, values) for name, values in (result.get("baselines") or {}).items()]
-    lines = [f"{'method':<16}{'accuracy':>10}{'ARI':>8}{'NMI':>8}"]
-    for name, values in rows:
-        cells = "".join(
-            f"{_number(values.get(key)):>{width}}" for key, width in (("accuracy", 10), ("ari", 8), ("nmi", 8))
-        )
-        lines.append(f"{name:<16}{cells}")
-    ratio = (result.get("metrics") or {}).get("within_between_ratio")
-    if ratio is not None:
-        lines.append(f"within/between similarity ratio (LE): {_number(ratio)}")
-    return "\n".join(lines)
-
-
-def _number(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) else "-"

@@ -3,7 +3,9 @@
     lelastic up      [--host H] [--port P] [--workers N] [--data-dir DIR] [--gpus 0,1]   Valkey + API + workers
     lelastic api     [--host H] [--port P]                                  the HTTP API (uvicorn)
     lelastic worker  [--queues Q ...] [--burst]                             one RQ worker
-    lelastic submit  SPEC.json [--dataset FILE] [--wait] [--out DIR] [--url URL]
+    lelastic submit  SPEC.json [--dataset FILE] [--wait] [--out DIR]         upload, submit, follow, download
+    lelastic status|result|cancel|download JOB_ID ;  lelastic list [--status S] [--limit N]
+                     (every client command takes --url / $LELASTIC_URL and --api-key / $LELASTIC_API_KEY)
     lelastic demo    [--out DIR]                                            a paper-style run end to end
     lelastic keys create TENANT [--file PATH]                               add an API key
     lelastic gc      [--data-dir DIR]                                       one retention sweep
@@ -21,9 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from service.cli.client import Client
     from service.contract.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+URL_ENV, API_KEY_ENV = "LELASTIC_URL", "LELASTIC_API_KEY"
+UPLOAD_FORMATS = ".npz (X, optional y), .npy (X), .csv (label column: label/y/class/target or --label-column)"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -56,13 +61,39 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queues", nargs="+", default=None, help="queues to listen on (default $LELASTIC_QUEUE)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
 
-    submit = commands.add_parser("submit", help="submit a job spec (and optionally wait for it)")
-    submit.add_argument("spec", type=Path, metavar="SPEC.json")
-    submit.add_argument("--dataset", type=Path, default=None, help="upload this .npz and use it as the spec's dataset")
-    submit.add_argument("--wait", action="store_true", help="show progress, then download the results")
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", default=None, help=f"API base URL (default ${URL_ENV}, else {DEFAULT_URL})")
+    client.add_argument("--api-key", default=None, help=f"sent as `Authorization: Bearer` (default ${API_KEY_ENV})")
+
+    submit = commands.add_parser("submit", parents=[client], help="submit a job spec (and optionally wait for it)")
+    submit.add_argument("spec", type=Path, metavar="SPEC.json", help="a job spec, e.g. one of examples/*.json")
+    submit.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help=f"upload this file and use it as the spec's dataset: {UPLOAD_FORMATS}",
+    )
+    submit.add_argument("--label-column", default=None, help="with a .csv --dataset: the column of labels")
+    submit.add_argument(
+        "--wait", action="store_true", help="show progress, then print the metrics and download the results"
+    )
     submit.add_argument("--out", type=Path, default=None, help="results folder (default ./lelastic-<job id>)")
-    submit.add_argument("--url", default=DEFAULT_URL, help=f"API base URL (default {DEFAULT_URL})")
-    submit.add_argument("--api-key", default=None, help="sent as `Authorization: Bearer`")
+
+    for name, text in (
+        ("status", "show a job's status and progress"),
+        ("result", "print a succeeded job's result (metrics table, or --json)"),
+        ("cancel", "cancel a queued or running job"),
+        ("download", "download a succeeded job's result and artifacts"),
+    ):
+        command = commands.add_parser(name, parents=[client], help=text)
+        command.add_argument("job_id", metavar="JOB_ID")
+        if name == "result":
+            command.add_argument("--json", action="store_true", help="print the result document as JSON")
+        if name == "download":
+            command.add_argument("--out", type=Path, default=None, help="folder (default ./lelastic-<job id>)")
+    listing = commands.add_parser("list", parents=[client], help="list jobs, newest first")
+    listing.add_argument("--status", default=None, help="only jobs with this status (queued, running, ...)")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many jobs (default 20)")
 
     demo = commands.add_parser("demo", help="start a stack, run a paper-style job on digits, print the table")
     demo.add_argument(
@@ -77,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gc = commands.add_parser("gc", help="remove expired jobs and uploads now (one retention sweep)")
     gc.add_argument("--data-dir", type=Path, default=None, help="data dir (default $LELASTIC_DATA_DIR)")
+    gc.epilog = "Uses $LELASTIC_REDIS_URL, else the Valkey that `lelastic up` runs for the data dir."
     return parser
 
 
@@ -90,8 +122,8 @@ def _non_negative(text: str) -> int:
 # ---------------------------------------------------------------------------------------- commands
 
 
-def check_open_access(command: str, host: str, settings: Settings) -> None:
-    """Refuse to serve without API keys on anything but loopback; say so when serving open on it."""
+def check_open_access(command: str, host: str, settings: Settings, *, warn: bool = True) -> None:
+    """Refuse to serve without API keys on anything but loopback; say so when serving open on it (`warn`)."""
     if settings.api_keys_file is not None:
         return
     if host not in LOOPBACK:
@@ -99,6 +131,8 @@ def check_open_access(command: str, host: str, settings: Settings) -> None:
             f"lelastic {command}: refusing to serve on {host} without API keys: set LELASTIC_API_KEYS_FILE "
             "(add keys with `lelastic keys create TENANT`) or bind to 127.0.0.1"
         )
+    if not warn:
+        return
     logging.getLogger("lelastic.api").warning(
         "no API keys (LELASTIC_API_KEYS_FILE unset): the API is open to every local user on %s", host
     )
@@ -109,7 +143,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from service.contract.settings import get_settings
 
     settings = get_settings()
-    check_open_access("up", args.host, settings)
+    check_open_access("up", args.host, settings, warn=False)  # its `lelastic api` child says it once
     config = StackConfig(
         host=args.host,
         port=args.port,
@@ -131,15 +165,19 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from service.api.slowclients import uvicorn_config
 
-    uvicorn.run(
+    config = uvicorn_config(
         create_app(settings),
+        settings,
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's loggers propagate to the root handler of service.contract.logs
+        access_log=False,  # the lelastic.access line is the one access log (uvicorn's would repeat it)
         timeout_graceful_shutdown=5,
     )
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -154,16 +192,33 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os.execv(sys.executable, argv)
 
 
+def client_target(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(API URL, API key) of a client command: the flags, else $LELASTIC_URL / $LELASTIC_API_KEY."""
+    import os
+
+    url = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
+    return url, args.api_key or os.environ.get(API_KEY_ENV) or None
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from service.cli.client import Client
+
+    url, key = client_target(args)
+    return Client(url, api_key=key)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    from service.cli.client import Client, follow_with_progress
+    from service.cli.client import follow_with_progress, format_table
     from service.contract.jobstate import JobStatus
 
     spec = json.loads(args.spec.read_text())
-    with Client(args.url, api_key=args.api_key) as client:
+    with _client(args) as client:
         if args.dataset is not None:
-            dataset = client.upload_dataset(args.dataset)
+            dataset = client.upload_dataset(args.dataset, label_column=args.label_column)
             spec["dataset"] = dataset["id"]
             print(f"uploaded {args.dataset} as dataset {dataset['id']}", file=sys.stderr)
+            for note in dataset.get("notes") or []:
+                print(f"note: {note}", file=sys.stderr)
         job = client.submit(spec)
         print(job["id"])
         if not args.wait:
@@ -173,9 +228,57 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(f"job {job['id']} {record['status']}: {record.get('error') or ''}", file=sys.stderr)
             return 1
         out = args.out or Path(f"lelastic-{job['id']}")
-        _, paths = client.download_results(job["id"], out)
+        result, paths = client.download_results(job["id"], out)
+        print(format_table(result))
+        print(f"files in {out}:")
         for path in paths:
-            print(path)
+            print(f"  {path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.job(args.job_id)
+    progress = job.get("progress") or {}
+    print(
+        f"{job['id']}  {job['status']}  {100 * float(progress.get('fraction') or 0):.0f}%  "
+        f"{progress.get('stage') or ''} {progress.get('message') or ''}".rstrip()
+    )
+    if job.get("error"):
+        print(f"error: {job['error']}")
+    return 0
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    from service.cli.client import format_table
+
+    with _client(args) as client:
+        result = client.result(args.job_id)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.jobs(status=args.status, limit=args.limit)
+    for job in page.get("data") or []:
+        fraction = float((job.get("progress") or {}).get("fraction") or 0)
+        print(f"{job['id']}  {job['status']:<9}  {100 * fraction:3.0f}%  {job.get('created_at')}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel(args.job_id)
+    print(f"{job['id']}  {job['status']}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _, paths = client.download_results(args.job_id, args.out or Path(f"lelastic-{args.job_id}"))
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -201,17 +304,31 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def gc_redis_url(settings: Settings, data_dir: Path) -> str:
+    """$LELASTIC_REDIS_URL, else the URL of the Valkey that `lelastic up` runs for `data_dir`."""
+    from service.cli.supervisor import embedded_valkey_url
+
+    if settings.redis_url:
+        return settings.redis_url
+    url = embedded_valkey_url(data_dir)
+    if url is None:
+        raise SystemExit(
+            f"lelastic gc: LELASTIC_REDIS_URL is not set and {data_dir / 'valkey'} has no `lelastic up` Valkey "
+            "(start `lelastic up` on this data dir, or set LELASTIC_REDIS_URL)"
+        )
+    return url
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from service.api import retention
     from service.contract import records
     from service.contract.settings import get_settings
 
     settings = get_settings()
-    if not settings.redis_url:
-        raise SystemExit("lelastic gc: LELASTIC_REDIS_URL is not set")
-    conn = records.connect(settings.redis_url, socket_timeout=settings.redis_socket_timeout)
+    data_dir = args.data_dir or settings.data_dir
+    conn = records.connect(gc_redis_url(settings, data_dir), socket_timeout=settings.redis_socket_timeout)
     try:
-        removed = retention.sweep_locked(conn, args.data_dir or settings.data_dir, settings)
+        removed = retention.sweep_locked(conn, data_dir, settings)
     finally:
         conn.close()
     if removed is None:
@@ -229,6 +346,11 @@ COMMANDS = {
     "api": cmd_api,
     "worker": cmd_worker,
     "submit": cmd_submit,
+    "status": cmd_status,
+    "result": cmd_result,
+    "list": cmd_list,
+    "cancel": cmd_cancel,
+    "download": cmd_download,
     "demo": cmd_demo,
     "keys": cmd_keys,
     "gc": cmd_gc,
@@ -250,7 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except httpx.TransportError as exc:
-        print(f"lelastic {args.command}: error: cannot reach the API: {exc}", file=sys.stderr)
+        url = client_target(args)[0] if hasattr(args, "url") else DEFAULT_URL
+        print(
+            f"lelastic {args.command}: error: cannot reach the API at {url}: {exc} "
+            f"(is `lelastic up` running? set --url or ${URL_ENV})",
+            file=sys.stderr,
+        )
         return 1
     except (StackError, ApiError, FileNotFoundError, json.JSONDecodeError, TimeoutError) as exc:
         print(f"lelastic {args.command}: error: {exc}", file=sys.stderr)

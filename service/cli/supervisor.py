@@ -136,6 +136,18 @@ class EmbeddedValkey:
         log.info("valkey stopped")
 
 
+def embedded_valkey_url(data_dir: Path) -> str | None:
+    """The URL of the Valkey that `lelastic up` runs for `data_dir`, from its `port` and `password` files
+    in `<data dir>/valkey/`; None when they are not there (no `lelastic up` ever ran on it)."""
+    directory = Path(data_dir) / "valkey"
+    try:
+        port = int((directory / PORT_FILE).read_text().strip())
+        password = (directory / PASSWORD_FILE).read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return f"redis://:{password}@127.0.0.1:{port}/0"
+
+
 def redacted(url: str | None) -> str:
     """`url` with its password replaced by `***`, for printing and logging."""
     from urllib.parse import urlsplit, urlunsplit
@@ -336,12 +348,17 @@ class Child:
 # ---------------------------------------------------------------------------------------------- stack
 
 
-def worker_env(env: dict[str, str], index: int, gpus: list[str] | None) -> dict[str, str]:
-    """The environment of worker `index`: with `gpus`, CUDA_VISIBLE_DEVICES names one of them
-    (round robin), so each worker process owns one GPU and reports it as cuda:0."""
-    if not gpus:
-        return env
-    return {**env, "CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)]}
+def worker_env(env: dict[str, str], index: int, gpus: list[str] | None, *, workers: int = 1) -> dict[str, str]:
+    """The environment of worker `index` of `workers`: with `gpus`, CUDA_VISIBLE_DEVICES names one of them
+    (round robin), so each worker process owns one GPU and reports it as cuda:0. When
+    LELASTIC_TORCH_THREADS is unset or 0, the CPU cores are divided among the workers (at least one
+    thread each), so N workers do not each start a thread per core."""
+    out = dict(env)
+    if gpus:
+        out["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    if out.get("LELASTIC_TORCH_THREADS", "0").strip() in ("", "0"):
+        out["LELASTIC_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    return out
 
 
 @dataclass
@@ -394,7 +411,11 @@ class Stack:
                 Child("api", [*cli, "api", "--host", self.config.host, "--port", str(self.config.port)], env)
             ]
             self.children += [
-                Child(f"worker-{i + 1}", [*cli, "worker"], worker_env(env, i, self.config.gpus))
+                Child(
+                    f"worker-{i + 1}",
+                    [*cli, "worker"],
+                    worker_env(env, i, self.config.gpus, workers=self.config.workers),
+                )
                 for i in range(self.config.workers)
             ]
             for child in self.children:
@@ -432,6 +453,21 @@ class Stack:
         if self._stopping.is_set():
             return
         raise StackError(f"the API did not answer {self.api_url}/healthz within {timeout:.0f} s")
+
+    def wait_until_ready(self, timeout: float = 60.0) -> dict[str, object] | None:
+        """Poll `/readyz` until it answers 200 (Redis, data dir and a listening worker): its body, or None
+        after `timeout` seconds (or when stopping)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                response = httpx.get(f"{self.api_url}/readyz", timeout=2)
+                if response.status_code == 200:
+                    body: dict[str, object] = response.json()
+                    return body
+            time.sleep(0.3)
+        return None
 
     # -- supervise
 
@@ -528,6 +564,8 @@ def serve(config: StackConfig) -> int:
         signal.signal(sig, lambda *_: stack.request_stop())
     try:
         stack.start()
+        if config.workers and stack.wait_until_ready() is None and not stack._stopping.is_set():
+            print(f"not ready yet: see {stack.api_url}/readyz for the failed checks", flush=True)
         print(f"lelastic is up: API {stack.api_url}  docs {stack.api_url}/docs", flush=True)
         print(f"data dir {stack.data_dir}  redis {redacted(stack.redis_url)}  workers {config.workers}", flush=True)
         print("Ctrl-C stops it.", flush=True)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from service.contract.strict import StrictModel
 
@@ -34,31 +34,41 @@ Activation = Literal["relu", "sigmoid", "tanh", "gelu"]
 class LinearModel(StrictModel):
     """Linear layers with no activation: the paper's linear networks (depth 1 is a linear model)."""
 
-    arch: Literal["linear"]
-    depth: Literal[1, 2, 3] = 2
-    width: int = Field(default=4096, ge=1, le=65_536)
+    model_config = ConfigDict(json_schema_extra={"examples": [{"arch": "linear", "depth": 2, "width": 4096}]})
+
+    arch: Literal["linear"] = Field(description="The architecture: linear layers, no activation.")
+    depth: Literal[1, 2, 3] = Field(default=2, description="Linear layers (1: a linear model x → wᵀx + b).")
+    width: int = Field(default=4096, ge=1, le=65_536, description="Units of each hidden layer.")
 
 
 class MLPModel(StrictModel):
     """Fully connected network with `depth` linear layers and an activation between them."""
 
-    arch: Literal["mlp"] = "mlp"
-    depth: Literal[2, 3] = 2
-    width: int = Field(default=4096, ge=1, le=65_536)
-    activation: Activation = "relu"
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"arch": "mlp", "depth": 2, "width": 4096, "activation": "relu"}]}
+    )
+
+    arch: Literal["mlp"] = Field(default="mlp", description="The architecture: a fully connected network.")
+    depth: Literal[2, 3] = Field(default=2, description="Layers: 2 (one hidden layer, the paper's) or 3.")
+    width: int = Field(default=4096, ge=1, le=65_536, description="Units of each hidden layer (the paper: 40960).")
+    activation: Activation = Field(default="relu", description="The hidden layers' activation.")
 
 
 class ResMLPModel(StrictModel):
     """The authors' "ResNet": h1 = relu(W1 x), h2 = relu(W2 h1), out = W3 (h1 + h2)."""
 
-    arch: Literal["resmlp"]
-    width: int = Field(default=4096, ge=1, le=16_384)
+    model_config = ConfigDict(json_schema_extra={"examples": [{"arch": "resmlp", "width": 4096}]})
+
+    arch: Literal["resmlp"] = Field(description="The architecture: the authors' fully connected residual net.")
+    width: int = Field(default=4096, ge=1, le=16_384, description="Units of both hidden layers.")
 
 
 class CNNModel(StrictModel):
     """LeNet-style net of PyTorch's MNIST example, for image-shaped inputs."""
 
-    arch: Literal["cnn"]
+    model_config = ConfigDict(json_schema_extra={"examples": [{"arch": "cnn"}]})
+
+    arch: Literal["cnn"] = Field(description="The architecture: LeNet-style CNN (PyTorch's MNIST example).")
 
 
 #: The "model" part of a job spec (spec.py adds the discriminator on "arch").
@@ -75,12 +85,16 @@ class Capabilities:
         backward pass, K = Σ_l (G_l G_lᵀ) ⊙ (A_l A_lᵀ + 1).
     difference_propagation: the module propagates one-step differences through its layers
         (`ScalarNet.probe_differences`), exact in float32.
+    structured_ntk: the model is Conv2d (groups 1) and Linear layers with pointwise maps, pooling and
+        reshapes between them, no parameter shared across examples: the NTK per layer from its inputs
+        (im2col patches for a convolution) and its backpropagated signals, never an n × P Jacobian.
     activation: the pointwise activation after the hidden layers (None: none, a linear network).
     """
 
     closed_form_ntk: bool = False
     layerwise_ntk: bool = False
     difference_propagation: bool = False
+    structured_ntk: bool = False
     activation: Activation | None = None
 
     def __post_init__(self) -> None:
@@ -208,7 +222,7 @@ def _resmlp_capabilities(spec: ResMLPModel) -> Capabilities:
 
 
 def _cnn_capabilities(spec: CNNModel) -> Capabilities:
-    return Capabilities(activation="relu")
+    return Capabilities(structured_ntk=True, activation="relu")
 
 
 _ENTRIES: tuple[Architecture[Any], ...] = (

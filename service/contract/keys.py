@@ -12,7 +12,19 @@ so they never change::
     lelastic:job:<id>:events  (job_events)          stream  API, worker  {"event": "progress" | "status",
                                                                          "data": JSON}; its entry ids are the SSE
                                                                          event ids; about EVENTS_MAXLEN entries
+    lelastic:job:<id>:tiles  (job_tiles)            set     worker       names ("I-J") of a sharded job's tiles whose
+                                                                         outputs are written; the tile that completes
+                                                                         it queues the reduce step
     lelastic:jobs:<tenant>  (jobs_index)            zset    API          job id -> creation time
+    lelastic:jobs-by-status:<status>:<tenant>       zset    API, worker  job id -> creation time, for the jobs
+        (status_index)                                                   whose status is <status> (only
+                                                                         through `jobstate`)
+    lelastic:job-counts  (JOB_COUNTS)               hash    API, worker  status -> jobs indexed with it (only
+                                                                         through `jobstate`)
+    lelastic:job-durations  (JOB_DURATIONS)         hash    API, worker  "<status>:sum" / "<status>:count": run
+                                                                         time of jobs that ended in <status>
+    lelastic:status-index:ready  (STATUS_INDEX_READY)  string  API      set once every record is indexed
+    lelastic:streams:<tenant>  (event_streams)      zset    API          open event stream token -> lease expiry
     lelastic:dataset:<id>  (dataset)                hash    API          id, tenant, kind ("dataset" |
                                                                          "weights"), name, meta (JSON), created_at
     lelastic:datasets:<tenant>  (datasets_index)    zset    API          dataset id -> creation time
@@ -37,6 +49,11 @@ PREFIX = "lelastic:"
 #: The entries a job's event stream keeps (trimmed approximately).
 EVENTS_MAXLEN = 1000
 RETENTION_LOCK = f"{PREFIX}retention:lock"
+#: What every `status_index` key starts with (Lua scripts build them as prefix .. status .. ":" .. tenant).
+STATUS_INDEX_PREFIX = f"{PREFIX}jobs-by-status:"
+JOB_COUNTS = f"{PREFIX}job-counts"
+JOB_DURATIONS = f"{PREFIX}job-durations"
+STATUS_INDEX_READY = f"{PREFIX}status-index:ready"
 
 #: A function that builds a key from one id or tenant, such as `job` or `jobs_index`.
 KeyFor = Callable[[str], str]
@@ -52,9 +69,24 @@ def job_events(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:events"
 
 
+def job_tiles(job_id: str) -> str:
+    """The tiles of a sharded job whose outputs are written (a set of tile names: the counter barrier)."""
+    return f"{PREFIX}job:{job_id}:tiles"
+
+
 def jobs_index(tenant: str) -> str:
     """The tenant's job ids by creation time."""
     return f"{PREFIX}jobs:{tenant}"
+
+
+def status_index(status: str, tenant: str) -> str:
+    """The tenant's job ids whose status is `status`, by creation time."""
+    return f"{STATUS_INDEX_PREFIX}{status}:{tenant}"
+
+
+def event_streams(tenant: str) -> str:
+    """The tenant's open event streams (the streams-per-tenant limit)."""
+    return f"{PREFIX}streams:{tenant}"
 
 
 def dataset(dataset_id: str) -> str:

@@ -2,6 +2,13 @@
 
 The queue carries only the job id (JSON serializer); the worker reads the spec from the job record and
 the data from the data dir. The API process never imports `workers`.
+
+Fairness across tenants: RQ pushes a new job at the tail of the queue; `enqueue` then moves it up, in
+one atomic script, to the place a round-robin over tenants would give it. A job's rank is its tenant's
+running jobs plus its place among the tenant's queued jobs; the new job goes before the first queued
+job of a higher rank. So with tenant A's 100 jobs queued (one running), tenant B's first job goes to the
+head and starts as soon as a worker frees; B's second goes after A's next one, and so on. Workers are
+plain RQ workers taking from the head.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import logging
 from types import TracebackType
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 from rq import Queue, Retry, Worker
 from rq.command import send_stop_job_command
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, NoSuchJobError
@@ -18,8 +26,9 @@ from rq.job import Callback, Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from service.contract import jobstate, records
+from service.contract import jobstate, keys, records
 from service.contract.jobstate import ACTIVE, JobStatus
 from service.contract.settings import ApiSettings, CommonSettings
 
@@ -28,6 +37,47 @@ TASK = "workers.tasks.run_job"
 #: sweeps the StartedJobRegistry for abandoned jobs). It lives here so that any process can import it.
 ON_FAILURE = "service.contract.queue.on_rq_failure"
 log = logging.getLogger(__name__)
+#: Queue entries the fair placement looks at (from the head); a job behind more stays at the tail.
+FAIR_SCAN_LIMIT = 10_000
+#: RQ statuses of a job that ended without the task recording it (reconcile fails the record).
+RQ_ENDED = frozenset({RQStatus.FAILED.value, RQStatus.STOPPED.value, RQStatus.CANCELED.value})
+
+# Move a job just pushed at the queue's tail to its round-robin place. KEYS[1]: the queue list.
+# ARGV: job id, job key prefix, status index prefix, the running status, default tenant, scan limit.
+# Returns the job's new position (0 is the head), or -1 when a worker took it already.
+_PLACE_FAIRLY = """
+local id = ARGV[1]
+if redis.call('LREM', KEYS[1], -1, id) == 0 then return -1 end
+local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1)
+local running = {}
+local function tenant_of(job_id)
+  return redis.call('HGET', ARGV[2] .. job_id, 'tenant') or ('?' .. job_id)
+end
+local function start_rank(tenant)
+  if running[tenant] == nil then
+    running[tenant] = redis.call('ZCARD', ARGV[3] .. ARGV[4] .. ':' .. tenant)
+  end
+  return running[tenant]
+end
+local tenants = {}
+local mine = tenant_of(id)
+local rank = start_rank(mine) + 1
+for i = 1, #ids do
+  tenants[i] = tenant_of(ids[i])
+  if tenants[i] == mine then rank = rank + 1 end
+end
+local seen = {}
+for i = 1, #ids do
+  local t = tenants[i]
+  seen[t] = (seen[t] or start_rank(t)) + 1
+  if seen[t] > rank then
+    redis.call('LINSERT', KEYS[1], 'BEFORE', ids[i], id)
+    return i - 1
+  end
+end
+redis.call('RPUSH', KEYS[1], id)
+return redis.call('LLEN', KEYS[1]) - 1
+"""
 
 
 def get_queue(conn: redis.Redis, settings: CommonSettings) -> Queue:
@@ -40,7 +90,8 @@ def enqueue(conn: redis.Redis, settings: ApiSettings, job_id: str) -> None:
     With `settings.job_retries` > 0 a job whose worker (or work-horse) was lost is queued again that
     many times before it fails: RQ's `Retry`, applied by the worker that notices the loss.
     """
-    get_queue(conn, settings).enqueue(
+    rq_queue = get_queue(conn, settings)
+    rq_queue.enqueue(
         TASK,
         job_id,
         job_id=job_id,
@@ -51,6 +102,14 @@ def enqueue(conn: redis.Redis, settings: ApiSettings, job_id: str) -> None:
         retry=Retry(max=settings.job_retries) if settings.job_retries > 0 else None,
         on_failure=Callback(ON_FAILURE),
     )
+    place_fairly(conn, rq_queue.key, job_id)
+
+
+def place_fairly(conn: redis.Redis, queue_key: str, job_id: str) -> int:
+    """Move job `job_id` from the tail of the RQ queue list `queue_key` to its round-robin place (see the
+    module doc). Returns its position (0: next to run), or -1 when a worker took it first."""
+    args = [job_id, keys.job(""), keys.STATUS_INDEX_PREFIX, JobStatus.RUNNING.value, records.DEFAULT_TENANT]
+    return int(conn.eval(_PLACE_FAIRLY, 1, queue_key, *args, FAIR_SCAN_LIMIT))
 
 
 def on_rq_failure(
@@ -148,6 +207,8 @@ def _failure_reason(rq_job: Job) -> str:
     last = lines[-1] if lines else ""
     if "JobTimeoutException" in last or "timeout" in last.lower():
         return "timeout: the job ran past the job time limit"
+    if "(signal 9)" in info:  # SIGKILL: what the kernel's OOM killer sends
+        return "the job was killed (out of memory?): its work-horse process got SIGKILL"
     if "terminated unexpectedly" in info or "waitpid" in info or "Work-horse" in info:
         return f"worker lost: the work-horse process died ({last})"
     if "AbandonedJobError" in info:
@@ -158,3 +219,29 @@ def _failure_reason(rq_job: Job) -> str:
 def live_workers(conn: redis.Redis, settings: CommonSettings) -> int:
     """Workers registered on our queue (RQ drops a worker whose heartbeat lapsed)."""
     return sum(1 for worker in Worker.all(connection=conn) if settings.queue in worker.queue_names())
+
+
+def may_need_reconcile(status: JobStatus, rq_status: str | None) -> bool:
+    """Whether `reconcile` could change a record in `status` whose RQ job has `rq_status` (None: no RQ
+    job): a cheap test on two values read without RQ, so a caller asks RQ only when it matters."""
+    if status not in ACTIVE:
+        return False
+    return (rq_status is None and status == JobStatus.RUNNING) or rq_status in RQ_ENDED
+
+
+def rq_job_key(job_id: str) -> str:
+    """RQ's hash of the RQ job that runs job `job_id` (its `status` field is RQ's status)."""
+    return Job.key_for(job_id)
+
+
+def queue_key(settings: CommonSettings) -> str:
+    """RQ's list of the jobs waiting on our queue."""
+    return f"{Queue.redis_queue_namespace_prefix}{settings.queue}"
+
+
+async def live_workers_async(aconn: AsyncRedis, settings: CommonSettings) -> int:
+    """`live_workers` on the asyncio client: RQ's workers of our queue whose key has not expired."""
+    members = await aconn.smembers(WORKERS_BY_QUEUE_KEY % settings.queue)
+    if not members:
+        return 0
+    return int(await aconn.exists(*members))

@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+import redis.asyncio
 from redis.typing import EncodableT, FieldT
 
 from service.contract import keys
-from service.contract.jobstate import JobStatus, mark_created
+from service.contract.jobstate import JobStatus, forget, mark_created
 
 DEFAULT_TENANT = "default"
+#: Connections of an asyncio client's pool (commands beyond wait for one).
+ASYNC_POOL_CONNECTIONS = 64
 
 
 def connect(url: str, *, socket_timeout: float = 10.0) -> redis.Redis:
@@ -31,6 +34,22 @@ def connect(url: str, *, socket_timeout: float = 10.0) -> redis.Redis:
         health_check_interval=30,
         retry_on_timeout=True,
     )
+
+
+def connect_async(url: str, *, socket_timeout: float = 10.0) -> redis.asyncio.Redis:
+    """An asyncio Redis client with the same explicit timeouts (for the API's event streams, health and
+    metrics: no thread per request), on a pool of ASYNC_POOL_CONNECTIONS connections where a command
+    waits for a free one. Its blocking reads must block for less than `socket_timeout`."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=ASYNC_POOL_CONNECTIONS,
+        timeout=socket_timeout,  # a command waits this long for a free connection, then fails
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=min(socket_timeout, 5.0),
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 def new_id() -> str:
@@ -107,14 +126,18 @@ def create_job(
     }
     pipe = conn.pipeline()
     pipe.hset(keys.job(job_id), mapping=_hash_fields(fields))
-    mark_created(pipe, job_id)
+    mark_created(pipe, job_id, tenant, created)
     pipe.zadd(keys.jobs_index(tenant), {job_id: created})
     pipe.execute()
     return JobRecord.from_hash(fields | {"status": JobStatus.QUEUED.value})
 
 
 def get_job(conn: redis.Redis, job_id: str) -> JobRecord | None:
-    raw = conn.hgetall(keys.job(job_id))
+    return job_from_hash(conn.hgetall(keys.job(job_id)))
+
+
+def job_from_hash(raw: Mapping[bytes | str, bytes | str]) -> JobRecord | None:
+    """The record of a job hash as HGETALL returns it (None: an empty reply, no such job)."""
     return JobRecord.from_hash(_decode(raw)) if raw else None
 
 
@@ -139,6 +162,11 @@ def read_events(
     else:
         reply: Any = conn.xread({keys.job_events(job_id): after}, block=block_ms)
         entries = reply[0][1] if reply else []
+    return decode_events(entries)
+
+
+def decode_events(entries: list[tuple[bytes, dict[bytes | str, bytes | str]]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Stream entries (as XRANGE or one stream of XREAD returns them) as (event id, event name, data)."""
     out = []
     for entry_id, raw in entries:
         fields = _decode(raw)
@@ -154,8 +182,12 @@ def list_jobs(
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[JobRecord], str | None]:
-    """Jobs newest first. `cursor` is the opaque `next_cursor` of the previous page."""
-    index = keys.jobs_index(tenant)
+    """Jobs newest first. `cursor` is the opaque `next_cursor` of the previous page.
+
+    With `status`, the pages come from the tenant's status index (`keys.status_index`): the cost of a
+    page does not grow with the tenant's jobs in other statuses.
+    """
+    index = keys.jobs_index(tenant) if status is None else keys.status_index(status.value, tenant)
     max_score = "+inf" if cursor is None else f"({cursor}"
     out: list[JobRecord] = []
     next_cursor: str | None = None
@@ -178,8 +210,8 @@ def list_jobs(
 
 
 def delete_job_record(conn: redis.Redis, job_id: str, tenant: str) -> None:
-    conn.delete(keys.job(job_id), keys.job_events(job_id))
-    conn.zrem(keys.jobs_index(tenant), job_id)
+    """Delete the job's record and events and drop it from its indexes (one atomic step)."""
+    forget(conn, job_id, tenant)
 
 
 # ----------------------------------------------------------------------------------------- datasets
@@ -232,6 +264,31 @@ def list_datasets(conn: redis.Redis, *, tenant: str = DEFAULT_TENANT) -> list[di
     members: list[bytes] = cast(Any, conn.zrevrange(keys.datasets_index(tenant), 0, -1))
     ids = [text(m) for m in members]
     return [d for d in (get_dataset(conn, i) for i in ids) if d is not None]
+
+
+def page_datasets(
+    conn: redis.Redis, *, tenant: str = DEFAULT_TENANT, limit: int, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the tenant's datasets, newest first, and the cursor of the next page (None on the last).
+
+    The cursor is the creation time of the page's last dataset; the next page starts below it.
+    """
+    index = keys.datasets_index(tenant)
+    max_score = f"({cursor}" if cursor is not None else "+inf"
+    out: list[dict[str, Any]] = []
+    while len(out) < limit:
+        batch: list[tuple[bytes, float]] = cast(
+            Any, conn.zrevrangebyscore(index, max_score, "-inf", start=0, num=limit - len(out), withscores=True)
+        )
+        if not batch:
+            return out, None
+        for member, score in batch:
+            max_score = f"({score!r}"
+            record = get_dataset(conn, text(member))
+            if record is not None:
+                out.append(record)
+    more = cast(Any, conn.zrevrangebyscore(index, max_score, "-inf", start=0, num=1))
+    return out, (max_score[1:] if more else None)
 
 
 def delete_dataset_record(conn: redis.Redis, dataset_id: str, tenant: str) -> None:

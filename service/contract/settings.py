@@ -43,6 +43,32 @@ class CommonSettings(BaseSettings):
         description="Log lines as JSON objects (json), plain text (text), or auto: text on a terminal, else JSON.",
     )
 
+    # Sharded jobs: one similarity job cut into tiles that every worker can run (the API and the workers
+    # resolve `auto` the same way).
+    shard_above_n: int = Field(
+        default=20_000,
+        ge=2,
+        description="execution.mode auto runs a job sharded when its primary examples exceed this.",
+    )
+    tile_queue: str | None = Field(
+        default=None, description="RQ queue of the tiles of sharded jobs. Unset: the job queue (LELASTIC_QUEUE)."
+    )
+    max_tiles: int = Field(default=20_000, ge=1, description="Most tiles one sharded job may be cut into.")
+    max_sharded_matrix_bytes: int = Field(
+        default=64 * 1024**3,
+        ge=1024,
+        description="Disk budget of a sharded job's full float32 matrix, in bytes (output.matrix auto: written "
+        "when it fits).",
+    )
+    nystrom_landmarks: int = Field(
+        default=1000,
+        ge=2,
+        description="Landmark columns of Nyström kernel k-means (sharded jobs above exact_clustering_max_n).",
+    )
+    exact_clustering_max_n: int = Field(
+        default=20_000, ge=2, description="Largest sharded job clustered (with its full matrix) by the exact methods."
+    )
+
 
 class ApiSettings(CommonSettings):
     """Settings the API reads (and `lelastic gc`, `lelastic keys`)."""
@@ -51,6 +77,21 @@ class ApiSettings(CommonSettings):
         default=2000, ge=0, description="Results include the similarity matrix inline when n is at most this."
     )
     max_upload_bytes: int = Field(default=512 * 1024**2, ge=1024, description="Largest accepted upload, in bytes.")
+    max_dataset_bytes: int = Field(
+        default=512 * 1024**2,
+        ge=1024,
+        description="Largest uploaded dataset once decoded as float32 (n × features × 4), in bytes.",
+    )
+    max_json_body_bytes: int = Field(
+        default=1024**2, ge=1024, description="Largest request body other than an upload (JSON), in bytes."
+    )
+    max_tenant_storage_bytes: int = Field(
+        default=20 * 1024**3, ge=1024, description="Bytes of stored datasets and weights one tenant may keep."
+    )
+    max_weight_tensors: int = Field(default=4096, ge=1, description="Most tensors in an uploaded .safetensors file.")
+    max_safetensors_header_bytes: int = Field(
+        default=1024**2, ge=1024, description="Largest JSON header of an uploaded .safetensors file, in bytes."
+    )
 
     # Limits: requests beyond them are refused with the limit named in the answer.
     max_examples: int = Field(
@@ -62,6 +103,17 @@ class ApiSettings(CommonSettings):
     max_clusters: int = Field(default=100, ge=2, description="Largest clustering.k.")
     max_matrix_bytes: int = Field(
         default=4 * 1024**3, ge=1024, description="Largest n × n float32 similarity matrix a job may produce, in bytes."
+    )
+    max_job_memory: int = Field(
+        default=8 * 1024**3,
+        ge=2**20,
+        description="Largest estimated peak memory of a single-mode job (its work-horse), in bytes.",
+    )
+    max_sharded_examples: int = Field(
+        default=1_000_000, ge=2, description="Most primary (and observed) examples of a sharded job."
+    )
+    max_slice_bytes: int = Field(
+        default=256 * 1024**2, ge=1024, description="Largest answer of GET /v1/jobs/{id}/similarity?rows=A:B, in bytes."
     )
     max_active_jobs: int = Field(default=100, ge=1, description="Queued + running jobs one tenant may have at once.")
     rate_limit_per_minute: int = Field(default=600, ge=1, description="Requests per minute one tenant may make to /v1.")
@@ -85,6 +137,36 @@ class ApiSettings(CommonSettings):
     )
     retention_sweep_seconds: int = Field(
         default=300, ge=1, description="Seconds between two sweeps for expired records."
+    )
+
+    # Fair use of the API process: streams, connections and slow clients.
+    max_event_streams_per_tenant: int = Field(
+        default=20, ge=1, description="Event streams (GET /v1/jobs/{id}/events) one tenant may have open at once."
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Open connections (or requests in progress) beyond which an API process "
+        "answers 503 (uvicorn's limit_concurrency).",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Seconds a connection may take to send a request's headers before it is closed."
+    )
+    keep_alive_seconds: int = Field(default=5, ge=1, description="Seconds an idle keep-alive connection is kept open.")
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="Largest request line + headers, in bytes (larger: 400)."
+    )
+    body_read_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest pause while a request body arrives; also the grace period of "
+        "body_min_bytes_per_second. Past it: 408.",
+    )
+    body_min_bytes_per_second: int = Field(
+        default=1024,
+        ge=0,
+        description="Slowest average rate a request body may arrive at once "
+        "body_read_timeout_seconds have passed (0: no minimum). Slower: 408.",
     )
 
     api_keys_file: Path | None = Field(

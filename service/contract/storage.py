@@ -5,8 +5,9 @@ Layout (the data dir is shared storage: a shared volume when API and workers run
     <data dir>/
       datasets/<id>/data.npz            X (float32 [n, ...]) and, when labelled, y (int64 [n])
       datasets/<id>/weights.safetensors an uploaded set of weights
-      jobs/<id>/<artifact>              similarity.npy, primary_index.npy, clusters.npy,
-                                        weights.safetensors, heatmap.png, elasticity.png, result.json
+      jobs/<id>/<artifact>              similarity.npy, primary_index.npy, examples.npy, labels.npy, clusters.npy,
+                                        weights.safetensors, heatmap.png, elasticity.png, result.json,
+                                        neighbors_index.npy, neighbors_value.npy, observed_index.npy
       valkey/                           the embedded server's AOF and log (`lelastic up`)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a reader
@@ -27,7 +28,12 @@ from typing import IO, Any
 ARTIFACT_TYPES = {
     "similarity.npy": "application/octet-stream",
     "primary_index.npy": "application/octet-stream",
+    "examples.npy": "application/octet-stream",
+    "labels.npy": "application/octet-stream",
     "clusters.npy": "application/octet-stream",
+    "neighbors_index.npy": "application/octet-stream",
+    "neighbors_value.npy": "application/octet-stream",
+    "observed_index.npy": "application/octet-stream",
     "weights.safetensors": "application/octet-stream",
     "heatmap.png": "image/png",
     "elasticity.png": "image/png",

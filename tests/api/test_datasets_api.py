@@ -29,6 +29,9 @@ def test_npz_with_labels_is_stored_as_float32_and_int64(client, settings):
         "classes": [0, 1],
         "class_counts": {"0": 6, "1": 6},
         "tensors": None,
+        "label_names": None,
+        "label_column": None,
+        "notes": None,
     }
     assert body["created_at"].endswith("Z")
     with np.load(settings.data_dir / "datasets" / body["id"] / "data.npz") as stored:
@@ -176,3 +179,13 @@ def test_delete_is_refused_while_a_queued_job_uses_the_dataset(client, redis_con
     client.delete(f"/v1/jobs/{job['id']}")
     assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
     assert records.get_dataset(redis_conn, dataset["id"]) is None
+
+
+def test_datasets_paginate_like_jobs(client):
+    ids = [upload(client, f"d{i}.npz", npz_bytes(X=blobs()[0])).json()["id"] for i in range(3)]
+    first = client.get("/v1/datasets", params={"limit": 2}).json()
+    assert [d["id"] for d in first["data"]] == ids[::-1][:2] and first["count"] == 2
+    second = client.get("/v1/datasets", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [d["id"] for d in second["data"]] == [ids[0]] and second["next_cursor"] is None
+    assert client.get("/v1/datasets", params={"limit": 3}).json()["next_cursor"] is None
+    assert_names(client.get("/v1/datasets", params={"cursor": "nope"}), 422, "cursor", "next_cursor")

@@ -135,3 +135,27 @@ def test_upload_parsers_answer_odd_files_without_a_server_error(api_url: str) ->
             assert response.status_code in (201, 422), response.text
 
         run()
+
+
+def test_following_the_openapi_links_never_gets_a_server_error(api_schema: schemathesis.BaseSchema) -> None:
+    """The stateful phase: chains of calls that follow the document's links (create a dataset or a job,
+    then read, follow, fetch and cancel or delete it with the id the creating call returned)."""
+    base = api_schema.as_state_machine()
+
+    class LinkedCalls(base):  # type: ignore[misc, valid-type]
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, object]:
+            return {"timeout": REQUEST_TIMEOUT}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            case.validate_response(response, checks=[not_a_server_error], transport_kwargs=kwargs or None)
+
+    LinkedCalls.run(
+        settings=settings(
+            max_examples=max(5, EXAMPLES // 3),
+            stateful_step_count=6,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )

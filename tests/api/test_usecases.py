@@ -44,7 +44,9 @@ def test_a_result_with_nan_metrics_and_matrix_entries_is_json_with_nulls(redis_c
     jobstate.mark_running(redis_conn, job.id)
     result = {"n": 2, "metrics": {"ari": float("nan")}, "artifacts": ["similarity.npy", "unknown.bin"]}
     jobstate.mark_succeeded(redis_conn, job.id, result)
-    body = json.loads(results.read_result(redis_conn, data_dir, settings, job.id, "default"))
+    body = json.loads(
+        "".join(results.read_result(redis_conn, data_dir, settings, job.id, "default", include_similarity=True))
+    )
     assert body["metrics"] == {"ari": None}
     assert body["similarity"] == [[1.0, None], [None, 1.0]] and body["similarity_inline"] is True
     assert body["artifacts"] == {"similarity.npy": f"/v1/jobs/{job.id}/artifacts/similarity.npy"}

@@ -69,18 +69,46 @@ def test_layerwise_equals_jacobian_deeper(spec):
         ntk(model, X, implementation="closed_form")
 
 
-@pytest.mark.parametrize("shape", [(64,), (1, 16, 16)])
-def test_cnn_jacobian_equals_autograd_loop_and_tiles(shape):
+@pytest.mark.parametrize("shape", [(64,), (1, 16, 16), (1, 28, 28)])
+def test_cnn_structured_and_jacobian_equal_autograd_loop_and_tile(shape):
     model, X = model64(CNNModel(arch="cnn"), shape), data(5, shape)
-    assert resolve_implementation(model) == "jacobian"
+    assert resolve_implementation(model) == "structured"
     expected = autograd_loop(model, X)
     torch.testing.assert_close(ntk(model, X), expected, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(ntk(model, X, implementation="jacobian"), expected, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(ntk_diagonal(model, X), expected.diag(), rtol=1e-11, atol=1e-11)
     n_params = sum(p.numel() for p in model.parameters())
     # budget for ~1 example per block and no cache: exercises the tiled recomputation path
-    tiny = ntk(model, X, max_bytes=6 * n_params * 8)
+    tiny = ntk(model, X, implementation="jacobian", max_bytes=6 * n_params * 8)
     torch.testing.assert_close(tiny, expected, rtol=1e-11, atol=1e-11)
     with pytest.raises(ValueError):
         ntk(model, X, implementation="layerwise")
+
+
+def test_structured_blocks_and_recomputed_tiles_give_the_same_kernel():
+    from workers.compute.structured import block_features, structured_ntk
+
+    model, X = model64(CNNModel(arch="cnn"), (1, 16, 16)), data(11, (1, 16, 16))
+    whole = structured_ntk(model, X)
+    per_example = block_features(model, X[:1]).nbytes()
+    # blocks of 2 examples, features recomputed per tile (they do not all fit the budget)
+    tiled = structured_ntk(model, X, max_bytes=5 * per_example, work_bytes=1)
+    torch.testing.assert_close(tiled, whole, rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(whole, autograd_loop(model, X), rtol=1e-11, atol=1e-11)
+
+
+def test_structured_float32_is_within_1e_5_of_float64_and_reports_progress(monkeypatch):
+    from workers.compute import progress as progress_module
+
+    monkeypatch.setattr(progress_module.time, "monotonic", iter(range(0, 10**6, 5)).__next__)  # 5 s per call
+    model = build_model(CNNModel(arch="cnn"), [1, 28, 28], seed=0)
+    X = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    reports = []
+    K = ntk(model, X, max_bytes=2 * 2**20, progress=lambda f, m: reports.append(f))
+    K64 = ntk(model.double(), X.double(), implementation="jacobian")
+    assert K.dtype == torch.float32
+    assert float((K.double() - K64).abs().max() / K64.abs().max()) < 1e-5
+    assert len(reports) >= 3 and reports == sorted(reports) and reports[-1] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -126,3 +154,31 @@ def test_the_closed_form_reports_progress_that_ends_at_one(monkeypatch):
     model, X = model64(MLPModel(width=16)), data(n=300)
     ntk(model, X, progress=lambda fraction, message: reports.append(fraction))
     assert len(reports) >= 3 and reports == sorted(reports) and reports[-1] == 1.0
+
+
+class Canceled(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [MLPModel(width=16), MLPModel(depth=3, width=8), ResMLPModel(arch="resmlp", width=8), CNNModel(arch="cnn")],
+    ids=lambda s: s.model_dump_json(),
+)
+@pytest.mark.parametrize("step", [0.0, 1e-3])
+def test_every_path_reports_progress_and_a_raising_callback_cancels_it(monkeypatch, spec, step):
+    from workers.compute import progress as progress_module
+    from workers.compute.similarity import similarity
+
+    monkeypatch.setattr(progress_module.time, "monotonic", iter(range(0, 10**7, 5)).__next__)  # 5 s per call
+    model, X = build_model(spec, [64], seed=0), data(20, (64,)).float()
+    reports = []
+    similarity(model, X, kind="kernelized", step=step, loss="mse", progress=lambda f, m: reports.append(f))
+    assert len(reports) >= 2 and reports == sorted(reports) and reports[-1] == 1.0
+
+    def cancel(fraction, message):  # the first report from inside the path cancels it
+        if message != "similarity done":
+            raise Canceled(message)
+
+    with pytest.raises(Canceled):
+        similarity(model, X, kind="kernelized", step=step, loss="mse", progress=cancel)

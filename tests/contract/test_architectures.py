@@ -113,6 +113,7 @@ def test_ntk_capabilities_match_the_jacobian_ntk(spec):
     for implementation, claimed in (
         ("closed_form", capabilities.closed_form_ntk),
         ("layerwise", capabilities.layerwise_ntk),
+        ("structured", capabilities.structured_ntk),
     ):
         if claimed:
             torch.testing.assert_close(ntk(model, X, implementation=implementation), expected, rtol=1e-12, atol=1e-12)
@@ -120,7 +121,13 @@ def test_ntk_capabilities_match_the_jacobian_ntk(spec):
             with pytest.raises(ValueError):
                 ntk(model, X, implementation=implementation)
     assert resolve_implementation(model) == (
-        "closed_form" if capabilities.closed_form_ntk else "layerwise" if capabilities.layerwise_ntk else "jacobian"
+        "closed_form"
+        if capabilities.closed_form_ntk
+        else "layerwise"
+        if capabilities.layerwise_ntk
+        else "structured"
+        if capabilities.structured_ntk
+        else "jacobian"
     )
 
 

@@ -33,6 +33,12 @@ def test_every_key_is_the_known_string():
     digest = hashlib.sha256(b"my-key").hexdigest()
     assert keys.idempotency("alice", "jobs", "my-key") == f"lelastic:idempotency:alice:jobs:{digest}"
     assert keys.RETENTION_LOCK == "lelastic:retention:lock"
+    assert keys.status_index("running", "alice") == "lelastic:jobs-by-status:running:alice"
+    assert keys.status_index("running", "alice").startswith(keys.STATUS_INDEX_PREFIX)
+    assert keys.JOB_COUNTS == "lelastic:job-counts"
+    assert keys.JOB_DURATIONS == "lelastic:job-durations"
+    assert keys.STATUS_INDEX_READY == "lelastic:status-index:ready"
+    assert keys.event_streams("alice") == "lelastic:streams:alice"
 
 
 def test_scan_patterns_and_ids():
@@ -72,6 +78,9 @@ def test_every_key_the_service_writes_is_built_by_keys(client, redis_conn, setti
         keys.active_jobs(tenant),
         keys.idempotency(tenant, "jobs", "k-1"),
         keys.RETENTION_LOCK,
+        keys.status_index("canceled", tenant),
+        keys.JOB_COUNTS,
+        keys.STATUS_INDEX_READY,
     }
     stored = {key.decode() for key in redis_conn.keys("*") if not key.startswith(b"rq:")}
     assert stored & rate_counters, "no request was counted"

@@ -6,6 +6,7 @@ These tests start real processes and run real (tiny) jobs; together they take ab
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import time
@@ -72,6 +73,19 @@ def test_a_job_runs_and_its_artifacts_download(stack, tmp_path):
         assert (out / "result.json").exists() and all(path.exists() for path in paths)
 
 
+def lelastic(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the command line as a user would, with only the given LELASTIC_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LELASTIC_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**clean, **env},
+    )
+
+
 def test_submit_uploads_waits_and_downloads(stack, tmp_path):
     import json
 
@@ -79,30 +93,41 @@ def test_submit_uploads_waits_and_downloads(stack, tmp_path):
     spec = tiny_job("replaced-by-the-upload")
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     out = tmp_path / "out"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "submit",
-            str(tmp_path / "spec.json"),
-            "--dataset",
-            str(tmp_path / "blobs.npz"),
-            "--wait",
-            "--out",
-            str(out),
-            "--url",
-            stack.url,
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {"LELASTIC_URL": stack.url}  # read by every client command instead of --url
+    spec_path, data_path = str(tmp_path / "spec.json"), str(tmp_path / "blobs.npz")
+    done = lelastic("submit", spec_path, "--dataset", data_path, "--wait", "--out", str(out), env=env)
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "result.json").read_text())
     assert set(result["artifacts"]) - {"result.json"} <= {path.name for path in out.iterdir()}
     assert "100.0%" in done.stderr, "the progress bar reached the end"
+    assert "LE clustering" in done.stdout and "kmeans_raw" in done.stdout, "--wait prints the metrics table"
+    job_id = done.stdout.splitlines()[0]
+
+    status = lelastic("status", job_id, env=env)
+    assert status.returncode == 0 and status.stdout.split()[:3] == [job_id, "succeeded", "100%"], status
+    listed = lelastic("list", "--limit", "5", env=env)
+    assert job_id in listed.stdout
+    table = lelastic("result", job_id, env=env)
+    assert table.stdout.startswith("method") and "LE clustering" in table.stdout
+    assert json.loads(lelastic("result", job_id, "--json", env=env).stdout)["n"] == 40
+    fetched = lelastic("download", job_id, "--out", str(tmp_path / "again"), env=env)
+    assert fetched.returncode == 0 and (tmp_path / "again" / "similarity.npy").exists()
+    canceled = lelastic("cancel", job_id, env=env)
+    assert canceled.returncode == 1 and "purge=true" in canceled.stderr, "a finished job cannot be canceled"
+
+
+def test_gc_finds_the_valkey_of_a_running_stack(stack):
+    swept = lelastic("gc", "--data-dir", str(stack.data_dir), env={})
+    assert swept.returncode == 0, swept.stderr
+    assert swept.stdout.splitlines()[-1].startswith("removed")
+
+
+def test_client_commands_name_the_url_they_could_not_reach(tmp_path):
+    from tests.factories import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    failed = lelastic("status", "0123abcd", env={"LELASTIC_URL": url})
+    assert failed.returncode == 1 and url in failed.stderr and "LELASTIC_URL" in failed.stderr
 
 
 def test_a_running_job_is_canceled_and_the_worker_moves_on(stack, tmp_path):
@@ -152,3 +177,13 @@ def test_a_queued_job_survives_a_restart_and_sigterm_leaves_no_orphans(tmp_path)
     finally:
         pids = second.stop()
     assert_all_gone(pids)
+
+
+def test_the_stack_log_says_each_thing_once(stack):
+    with Client(stack.url) as client:
+        client.http.get("/v1/jobs")
+    time.sleep(0.5)
+    output = stack.log_path.read_text(errors="replace")
+    assert output.count("no API keys") == 1, "the open-access warning is printed once"
+    assert '"logger": "uvicorn.access"' not in output and '"logger": "lelastic.access"' in output
+    assert "lelastic is up" in output and "not ready yet" not in output

@@ -2,6 +2,7 @@
 
 start_worker  function: start_worker(settings, log_dir, name="worker") -> the Popen of a long-running
               (not burst) worker; every worker still running is stopped after the test
+two_workers   function: two such workers on `settings` (logs in tmp_path/logs), for sharded jobs
 """
 
 from __future__ import annotations
@@ -43,3 +44,9 @@ def start_worker() -> Iterator[Callable[..., subprocess.Popen]]:
         if child.process is not None:
             stop_worker(child.process)
         child.kill_all()
+
+
+@pytest.fixture
+def two_workers(settings: Settings, tmp_path: Path, start_worker: Callable[..., subprocess.Popen]) -> list:
+    """Two real workers on `settings` (stopped after the test by `start_worker`)."""
+    return [start_worker(settings, tmp_path / "logs", name=f"w{n}") for n in range(2)]

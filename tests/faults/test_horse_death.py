@@ -41,7 +41,7 @@ def test_a_killed_work_horse_fails_its_job_and_the_worker_runs_the_next_one(
 
             record = wait_status(redis_conn, doomed, ("failed", "succeeded", "canceled"), timeout=30)
             assert record.status == "failed"
-            assert record.error.startswith("worker lost: the work-horse process died"), record.error
+            assert record.error.startswith("the job was killed (out of memory?)"), record.error
             assert "SIGKILL" in record.error
             body = client.get(f"/v1/jobs/{doomed}").json()
             assert body["status"] == "failed" and body["error"] == record.error

@@ -43,9 +43,13 @@ def test_pipeline_writes_every_artifact_and_a_consistent_result(tmp_path):
     assert set(result["artifacts"]) == {
         "similarity.npy",
         "primary_index.npy",
+        "examples.npy",
+        "labels.npy",
         "clusters.npy",
         "weights.safetensors",
         "heatmap.png",
+        "neighbors_index.npy",
+        "neighbors_value.npy",
         "result.json",
     }
     S = np.load(job_dir / "similarity.npy")
@@ -54,6 +58,8 @@ def test_pipeline_writes_every_artifact_and_a_consistent_result(tmp_path):
     assert np.linalg.eigvalsh(S.astype(np.float64)).min() > -1e-3 * np.abs(S).max()  # an NTK is PSD
     np.testing.assert_array_equal(np.load(job_dir / "primary_index.npy"), np.arange(60))
     np.testing.assert_array_equal(np.load(job_dir / "clusters.npy"), result["clusters"])
+    examples, labels = np.load(job_dir / "examples.npy"), np.load(job_dir / "labels.npy")
+    assert examples.dtype == np.float32 and examples.shape[0] == 60 and labels.shape == (60,)
     assert set(result["metrics"]) >= {"accuracy", "ari", "nmi", "within_between_ratio"}
     assert set(result["baselines"]) == {"kmeans_raw", "pca_kmeans", "spectral_rbf"}
     assert result["training"]["final_loss"] >= 0
@@ -139,3 +145,41 @@ def test_elasticity_pairs_are_counted_within_each_class_only(tmp_path):
     result, _, _ = run(tmp_path, spec)
     assert result["analysis"]["pairs"] == 2 * 20 * 19  # two classes of 20, ordered pairs, no cross-class
     assert set(result["baselines"]) == {"kmeans_raw"}
+
+
+def test_weights_carry_the_model_spec_and_version_in_their_metadata(tmp_path):
+    from safetensors import safe_open
+
+    from service import __version__
+
+    _, job_dir, _ = run(tmp_path, TINY)
+    with safe_open(str(job_dir / "weights.safetensors"), framework="numpy") as handle:
+        metadata = json.loads(handle.metadata()["lelastic"])
+    assert metadata["lelastic_version"] == __version__
+    assert metadata["model"] == {"arch": "mlp", "width": 64, "depth": 2, "activation": "relu"}
+    assert metadata["input_shape"] == [64] and metadata["loss"] == "mse"
+
+
+def test_k_defaults_to_the_number_of_primary_classes(tmp_path):
+    spec = dict(TINY, primary={"labels": [0, 1, 2]}, auxiliary=None, clustering={"method": "kernel_kmeans"})
+    spec["weights"] = {"source": "init"}
+    result, _, _ = run(tmp_path, spec)
+    assert result["clustering"] == {"method": "kernel_kmeans", "k": 3, "k_from": "classes"}
+    assert len(set(result["clusters"])) == 3
+    explicit, _, _ = run(tmp_path, dict(spec, clustering={"k": 2, "method": "kernel_kmeans"}), "explicit")
+    assert explicit["clustering"]["k"] == 2 and explicit["clustering"]["k_from"] == "spec"
+
+
+def test_one_primary_class_reports_null_metrics_with_a_reason_and_skips_baselines(tmp_path):
+    spec = {
+        "dataset": {"builtin": "torus", "n": 40},
+        "primary": {"labels": [1]},
+        "auxiliary": {"labels": [0]},
+        "model": {"arch": "mlp", "width": 32},
+        "weights": {"source": "init"},
+    }
+    result, _, _ = run(tmp_path, spec)
+    assert result["metrics"] == {"accuracy": None, "ari": None, "nmi": None, "within_between_ratio": None}
+    assert "two classes" in result["metrics_note"]
+    assert result["baselines"] == {} and "skipped" in result["baselines_note"]
+    assert result["clustering"]["k_from"] == "default" and len(result["clusters"]) == 20

@@ -6,6 +6,10 @@ import math
 
 import numpy as np
 
+#: Spearman's correlation ranks at most this many pairs (a fixed-seed sample beyond it).
+MAX_RANKED_PAIRS = 2**20
+_CHUNK = 2**20  # entries summed at once in float64
+
 
 def _finite_or_none(value: float) -> float | None:
     value = float(value)
@@ -46,4 +50,45 @@ def elasticity_correlation(S: np.ndarray, distances: np.ndarray) -> dict[str, fl
         return result
     result["pearson"] = _finite_or_none(pearsonr(s, d).statistic)
     result["spearman"] = _finite_or_none(spearmanr(s, d).statistic)
+    return result
+
+
+def pair_correlation(s: np.ndarray, d: np.ndarray) -> dict[str, float | int | None]:
+    """Pearson and Spearman correlation of paired finite samples s [p] and d [p] (any float dtype).
+
+    Pearson uses every pair, summed in float64 a chunk at a time (two passes: means, then centred
+    moments), so no float64 copy of the vectors is made. Spearman ranks every pair when there are at
+    most `MAX_RANKED_PAIRS`, else a sample of that many pairs drawn with replacement by a fixed-seed
+    generator (its standard error is then about 1 / sqrt(MAX_RANKED_PAIRS) ≈ 1e-3).
+
+    Returns
+    -------
+    dict
+        ``{"pearson": float | None, "spearman": float | None, "pairs": int}``, as
+        :func:`elasticity_correlation`.
+    """
+    from scipy.stats import spearmanr
+
+    if s.ndim != 1 or s.shape != d.shape:
+        raise ValueError(f"s and d must be 1-D of equal length, got {s.shape} and {d.shape}")
+    p = int(s.size)
+    result: dict[str, float | int | None] = {"pearson": None, "spearman": None, "pairs": p}
+    if p < 2:
+        return result
+    chunks = [slice(c, min(p, c + _CHUNK)) for c in range(0, p, _CHUNK)]
+    mean_s = sum(float(s[c].sum(dtype=np.float64)) for c in chunks) / p
+    mean_d = sum(float(d[c].sum(dtype=np.float64)) for c in chunks) / p
+    sxx = syy = sxy = 0.0
+    for c in chunks:
+        x = s[c].astype(np.float64) - mean_s
+        y = d[c].astype(np.float64) - mean_d
+        sxx, syy, sxy = sxx + float(x @ x), syy + float(y @ y), sxy + float(x @ y)
+    if sxx == 0 or syy == 0:
+        return result
+    result["pearson"] = _finite_or_none(max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy))))
+    if p > MAX_RANKED_PAIRS:
+        pick = np.sort(np.random.default_rng(0).integers(0, p, MAX_RANKED_PAIRS))
+        s, d = s[pick], d[pick]
+    if np.ptp(s) > 0 and np.ptp(d) > 0:
+        result["spearman"] = _finite_or_none(spearmanr(s.astype(np.float64), d.astype(np.float64)).statistic)
     return result

@@ -22,6 +22,25 @@ def rbf_gamma(X: np.ndarray) -> float:
     return 1.0 / (X.shape[1] * var) if var > 0 else 1.0
 
 
+def spectral_rbf(X: np.ndarray, *, k: int, seed: int) -> np.ndarray:
+    """Spectral clustering [n] of X [n, d] with the RBF affinity exp(−gamma ‖x_i − x_j‖²), gamma = `rbf_gamma`,
+    labels by K-means on the embedding (scikit-learn's ``SpectralClustering(affinity="rbf")``).
+
+    Up to `clustering.SPECTRAL_DENSE_MAX` examples, scikit-learn's; beyond, the affinity is one float32
+    n × n matrix, embedded in place (`clustering.spectral_labels`).
+    """
+    from sklearn.cluster import SpectralClustering
+    from sklearn.metrics.pairwise import rbf_kernel
+
+    from workers.compute.clustering import SPECTRAL_DENSE_MAX, spectral_labels
+
+    gamma = rbf_gamma(X)
+    if X.shape[0] <= SPECTRAL_DENSE_MAX:
+        model = SpectralClustering(n_clusters=k, affinity="rbf", gamma=gamma, random_state=seed)
+        return np.asarray(model.fit_predict(X))
+    return spectral_labels(rbf_kernel(X.astype(np.float32), gamma=gamma), k=k, seed=seed, assign="kmeans")
+
+
 def run_baselines(
     X: np.ndarray, *, k: int, seed: int, names: tuple[str, ...] | list[str] = BASELINES
 ) -> dict[str, np.ndarray]:
@@ -49,7 +68,7 @@ def run_baselines(
     dict
         ``{name: ndarray of int64, shape (n,)}`` in the order of ``names``.
     """
-    from sklearn.cluster import KMeans, SpectralClustering
+    from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     X = np.asarray(X, dtype=np.float64)
@@ -77,7 +96,6 @@ def run_baselines(
             n_components = max(1, min(100, d, n - 1))
             labels = kmeans(PCA(n_components=n_components, random_state=seed).fit_transform(X))
         else:
-            model = SpectralClustering(n_clusters=k, affinity="rbf", gamma=rbf_gamma(X), random_state=seed)
-            labels = model.fit_predict(X)
+            labels = spectral_rbf(X, k=k, seed=seed)
         out[name] = np.asarray(labels, dtype=np.int64)
     return out

@@ -15,22 +15,49 @@ from __future__ import annotations
 import numpy as np
 
 METHODS = ("kmeans", "spectral", "kernel_kmeans")
+_BAND_ROWS = 256  # rows of S read at once by the checks and the symmetrisation
+#: Up to this many examples spectral clustering is scikit-learn's (dense, float64, shift-invert ARPACK:
+#: about 9 float32 n × n matrices); beyond, `spectral_embedding` works on the affinity in place.
+SPECTRAL_DENSE_MAX = 2048
 
 
 def _validate(S: np.ndarray, k: int) -> np.ndarray:
-    """Return S as a float64 array after checking it is square, finite and has at least k rows."""
-    S = np.asarray(S, dtype=np.float64)
+    """Return S after checking it is square, finite and has at least k rows: a float32 S as it is (no
+    copy), any other as float64."""
+    S = np.asarray(S)
+    if S.dtype != np.float32:
+        S = S.astype(np.float64, copy=False)
     if S.ndim != 2 or S.shape[0] != S.shape[1]:
         raise ValueError(f"similarity matrix must be square (n, n), got shape {S.shape}")
     if S.shape[0] == 0:
         raise ValueError("similarity matrix is empty")
-    if not np.all(np.isfinite(S)):
+    if not all(np.isfinite(S[rows]).all() for rows in _bands(S.shape[0])):
         raise ValueError("similarity matrix has non-finite entries (NaN or inf)")
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if k > S.shape[0]:
         raise ValueError(f"k = {k} clusters requested but there are only n = {S.shape[0]} examples")
     return S
+
+
+def _bands(n: int, rows: int = _BAND_ROWS) -> list[slice]:
+    """Slices of `rows` consecutive rows covering 0..n."""
+    return [slice(r, min(n, r + rows)) for r in range(0, n, rows)]
+
+
+def symmetrized(S: np.ndarray) -> np.ndarray:
+    """(S + Sᵀ) / 2 in S's dtype: S itself when it is symmetric already, else a new array [n, n].
+
+    Band by band (no temporary of n × n beyond the result)."""
+    n = S.shape[0]
+    if all(np.array_equal(S[rows], S[:, rows].T) for rows in _bands(n)):
+        return S
+    out = np.empty_like(S)
+    for rows in _bands(n):
+        band = S[rows] + S[:, rows].T
+        band *= 0.5
+        out[rows] = band
+    return out
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:
@@ -66,15 +93,22 @@ def to_affinity(S: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ndarray of float64, shape (n, n)
-        Symmetric affinity with every entry ≥ 0.
+    ndarray, shape (n, n)
+        Symmetric affinity with every entry ≥ 0: float32 for a float32 S, else float64. Always a new
+        array (S is not modified); its only n × n allocation.
     """
-    A = np.asarray(S, dtype=np.float64)
-    A = (A + A.T) / 2.0
+    S = np.asarray(S)
+    A = symmetrized(S.astype(np.float32 if S.dtype == np.float32 else np.float64, copy=False))
+    if A is S:
+        A = A.copy()
     lo = A.min()
     if lo < 0:
         span = A.max() - lo
-        A = (A - lo) / span if span > 0 else np.ones_like(A)
+        if span > 0:
+            A -= lo
+            A /= span
+        else:
+            A.fill(1.0)
     return A
 
 
@@ -87,6 +121,7 @@ def _kernel_distances(K: np.ndarray, diag: np.ndarray, labels: np.ndarray, k: in
     Parameters
     ----------
     K : ndarray, shape (n, n)
+        float32 or float64; the product ``K H`` is taken in K's dtype (no copy of K), the rest in float64.
     diag : ndarray, shape (n,)
         ``diag(K)``.
     labels : ndarray of int, shape (n,)
@@ -96,10 +131,11 @@ def _kernel_distances(K: np.ndarray, diag: np.ndarray, labels: np.ndarray, k: in
     -------
     ndarray of float64, shape (n, k)
     """
-    H = np.zeros((labels.size, k))
+    H = np.zeros((labels.size, k), dtype=K.dtype)
     H[np.arange(labels.size), labels] = 1.0
+    KH = (K @ H).astype(np.float64)  # (n, k): sum_{j in c} K_ij
+    H = H.astype(np.float64)
     counts = H.sum(axis=0)
-    KH = K @ H  # (n, k): sum_{j in c} K_ij
     within = np.einsum("jc,jc->c", H, KH)  # sum_{j,l in c} K_jl
     with np.errstate(divide="ignore", invalid="ignore"):
         dist: np.ndarray = diag[:, None] - 2.0 * KH / counts + within / counts**2
@@ -152,7 +188,8 @@ def kernel_kmeans(
     Parameters
     ----------
     K : array_like, shape (n, n)
-        Gram matrix; it is symmetrised as ``(K + Kᵀ) / 2``. It need not be positive semi-definite,
+        Gram matrix; it is symmetrised as ``(K + Kᵀ) / 2`` (a copy only when it is not symmetric; a
+        float32 K stays float32, see `_kernel_distances`). It need not be positive semi-definite,
         but then convergence is not guaranteed (``max_iter`` bounds the work).
     k : int
         Number of clusters, 1 ≤ k ≤ n.
@@ -173,9 +210,9 @@ def kernel_kmeans(
     K = _validate(K, k)
     if n_init < 1 or max_iter < 1:
         raise ValueError(f"n_init and max_iter must be ≥ 1, got {n_init} and {max_iter}")
-    K = (K + K.T) / 2.0
+    K = symmetrized(K)
     n: int = K.shape[0]
-    diag = np.diag(K).copy()
+    diag = np.diag(K).astype(np.float64)
     rng = np.random.default_rng(seed)
     rows = np.arange(n)
     best_labels: np.ndarray | None = None
@@ -197,6 +234,63 @@ def kernel_kmeans(
     return _relabel(best_labels), best_obj
 
 
+def spectral_embedding(A: np.ndarray, *, k: int, seed: int) -> np.ndarray:
+    """The normalised spectral embedding [n, k] float64 of an affinity A [n, n], overwriting A.
+
+    As scikit-learn's ``spectral_embedding`` (normalised Laplacian, first eigenvector kept): self-loops
+    are dropped, A becomes D^-1/2 A D^-1/2 in place (D: the degrees), its k largest eigenvectors v are
+    found by ARPACK (Lanczos, start vector uniform in [−1, 1] from ``RandomState(seed)``) in A's dtype,
+    and the embedding is D^-1/2 v, each column's sign fixed so that its largest entry is positive.
+    Besides A, only [n, k]-sized arrays are allocated.
+    """
+    from scipy.sparse.linalg import eigsh
+
+    n = A.shape[0]
+    np.fill_diagonal(A, 0)
+    degree = A.sum(axis=1, dtype=np.float64)
+    inv = np.where(degree > 0, 1 / np.sqrt(np.where(degree > 0, degree, 1)), 0.0)
+    A *= inv.astype(A.dtype)[:, None]
+    A *= inv.astype(A.dtype)[None, :]
+    start = np.asarray(np.random.RandomState(seed).uniform(-1, 1, n), dtype=A.dtype)
+    _, vectors = eigsh(A, k=k, which="LA", v0=start)
+    embedding: np.ndarray = vectors[:, ::-1].astype(np.float64) * inv[:, None]
+    peak = embedding[np.argmax(np.abs(embedding), axis=0), np.arange(k)]
+    embedding *= np.where(peak < 0, -1.0, 1.0)
+    return embedding
+
+
+def _cluster_qr(embedding: np.ndarray) -> np.ndarray:
+    """Labels [n] from a spectral embedding [n, k] by column-pivoted QR (Damle, Minden & Ying 2019),
+    as scikit-learn's ``assign_labels="cluster_qr"``."""
+    from scipy.linalg import qr, svd
+
+    k = embedding.shape[1]
+    _, _, pivots = qr(embedding.T, pivoting=True)
+    ut, _, v = svd(embedding[pivots[:k], :].T)
+    labels: np.ndarray = np.abs(embedding @ (ut @ v.conj())).argmax(axis=1)
+    return labels
+
+
+def spectral_labels(A: np.ndarray, *, k: int, seed: int, assign: str) -> np.ndarray:
+    """Spectral clustering [n] of an affinity A [n, n] (non-negative, symmetric; it may be overwritten).
+
+    assign: ``"cluster_qr"`` or ``"kmeans"`` (K-means on the embedding, 10 restarts, as scikit-learn).
+    Up to SPECTRAL_DENSE_MAX examples, scikit-learn's ``SpectralClustering``; beyond, the same steps by
+    `spectral_embedding` on A in place, so the peak is A and a few [n, k] arrays.
+    """
+    if A.shape[0] <= SPECTRAL_DENSE_MAX or k >= A.shape[0]:
+        from sklearn.cluster import SpectralClustering
+
+        model = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed, assign_labels=assign)
+        return np.asarray(model.fit_predict(A))
+    embedding = spectral_embedding(A, k=k, seed=seed)
+    if assign == "cluster_qr":
+        return _cluster_qr(embedding)
+    from sklearn.cluster import KMeans
+
+    return np.asarray(KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(embedding))
+
+
 def cluster(S: np.ndarray, *, method: str, k: int, seed: int, n_init: int = 10) -> np.ndarray:
     """Split n examples into k clusters from their similarity matrix.
 
@@ -206,7 +300,7 @@ def cluster(S: np.ndarray, *, method: str, k: int, seed: int, n_init: int = 10) 
         Pairwise similarities (finite).
     method : {"kmeans", "spectral", "kernel_kmeans"}
         ``"kmeans"``: scikit-learn K-means on the rows of S. ``"spectral"``: spectral clustering
-        with ``affinity="precomputed"`` and ``assign_labels="cluster_qr"`` on ``to_affinity(S)``
+        (`spectral_labels`, ``assign_labels="cluster_qr"``) on ``to_affinity(S)``
         (symmetrised; shifted and scaled to [0, 1] if S has negative entries). ``"kernel_kmeans"``:
         :func:`kernel_kmeans` with S as the Gram matrix.
     k : int
@@ -233,10 +327,7 @@ def cluster(S: np.ndarray, *, method: str, k: int, seed: int, n_init: int = 10) 
 
         labels = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(S)
     elif method == "spectral":
-        from sklearn.cluster import SpectralClustering
-
-        model = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed, assign_labels="cluster_qr")
-        labels = model.fit_predict(to_affinity(S))
+        labels = spectral_labels(to_affinity(S), k=k, seed=seed, assign="cluster_qr")
     elif method == "kernel_kmeans":
         labels, _ = kernel_kmeans(S, k=k, seed=seed, n_init=n_init)
     else:

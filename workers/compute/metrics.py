@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+_BAND_ROWS = 256  # rows of S read at once by `similarity_ratio`
+
 
 def _labels_1d(labels: np.ndarray, name: str) -> np.ndarray:
     labels = np.asarray(labels)
@@ -93,19 +95,31 @@ def similarity_ratio(S: np.ndarray, labels: np.ndarray) -> float:
         NaN when there is no same-class pair or no different-class pair, or when the between-class
         mean is 0.
     """
-    S = np.asarray(S, dtype=np.float64)
+    S = np.asarray(S)
     labels = _labels_1d(labels, "labels")
     if S.ndim != 2 or S.shape != (labels.size, labels.size):
         raise ValueError(f"S must have shape ({labels.size}, {labels.size}), got {S.shape}")
-    same = labels[:, None] == labels[None, :]
-    within = same & ~np.eye(labels.size, dtype=bool)
-    between = ~same
-    if not within.any() or not between.any():
+    _, classes = np.unique(labels, return_inverse=True)
+    classes = classes.reshape(-1)
+    sizes = np.bincount(classes).astype(np.float64)
+    n = float(labels.size)
+    within_count = float(sizes @ sizes) - n
+    between_count = n * n - float(sizes @ sizes)
+    if within_count == 0 or between_count == 0:
         return float("nan")
-    denominator = S[between].mean()
+    H = np.zeros((labels.size, sizes.size))
+    H[np.arange(labels.size), classes] = 1.0
+    same_class = 0.0  # Σ S_ij over y_i = y_j, diagonal included
+    total = 0.0
+    for r0 in range(0, labels.size, _BAND_ROWS):  # a band of rows in float64 at a time: no n × n copy
+        band = np.asarray(S[r0 : r0 + _BAND_ROWS], dtype=np.float64)
+        same_class += float(np.einsum("ic,ic->", band @ H, H[r0 : r0 + _BAND_ROWS]))
+        total += float(band.sum())
+    trace = float(np.trace(S, dtype=np.float64))
+    denominator = (total - same_class) / between_count
     if denominator == 0:
         return float("nan")
-    return float(S[within].mean() / denominator)
+    return float(((same_class - trace) / within_count) / denominator)
 
 
 def evaluate(S: np.ndarray, labels_true: np.ndarray, labels_pred: np.ndarray) -> dict[str, float]:

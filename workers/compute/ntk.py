@@ -6,6 +6,9 @@ Three implementations (`implementation` argument):
   pure GEMMs.
 - "layerwise": compositions of nn.Linear layers and pointwise functions (capability layerwise_ntk:
   linear, mlp, resmlp): one forward/backward with hooks, K = Σ_l (G_l G_lᵀ) ⊙ (A_l A_lᵀ + 1).
+- "structured": nets of Conv2d and Linear layers (capability structured_ntk: cnn): per layer the Gram
+  of its inputs (im2col patches) times the Gram of its backpropagated signals, block by block
+  (structured.py), never an n × P Jacobian.
 - "jacobian": any model, torch.func per-example Jacobians tiled under a memory budget.
 
 "auto" picks the first that the model's capabilities (service.contract.architectures) allow. The
@@ -22,13 +25,15 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 from torch.utils.hooks import RemovableHandle
 
+from workers.compute.device import exact_float32
 from workers.compute.progress import Progress, Throttle
 from workers.compute.scalar_net import LayerFactors, capabilities_of, linear_layers
+from workers.compute.structured import structured_ntk, structured_ntk_diagonal
 
 #: fn(params, X_chunk [c, ...]) → per-example Jacobians of z, J [c, P].
 JacobianFn = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
-IMPLEMENTATIONS = ("auto", "closed_form", "layerwise", "jacobian")
+IMPLEMENTATIONS = ("auto", "closed_form", "layerwise", "structured", "jacobian")
 DEFAULT_MAX_BYTES = 2 * 2**30
 _BLOCK_BYTES = 256 * 2**20  # bound on the [block, n] temporaries of the blockwise products
 _MIN_BLOCK = 128  # rows per block of the symmetric products (smaller blocks multiply slowly)
@@ -200,20 +205,24 @@ def layer_factors(model: nn.Module, X: torch.Tensor) -> LayerFactors:
     return [(inputs[k], grads[k]) for k in range(len(layers))]
 
 
-def ntk_layerwise(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+def ntk_layerwise(model: nn.Module, X: torch.Tensor, *, progress: Progress | None = None) -> torch.Tensor:
     """K [n, n] = Σ_l (G_l G_lᵀ) ⊙ (A_l A_lᵀ + 1), memory O(n · width) plus the result."""
     factors = layer_factors(model, X)
     A0 = factors[0][0]
     n = A0.shape[0]
     K = torch.zeros((n, n), dtype=A0.dtype, device=A0.device)
     one = torch.ones((), dtype=A0.dtype, device=A0.device)
+    report = Throttle(progress, every=2.0)
     with torch.no_grad():
-        for A, G in factors:
+        for layer, (A, G) in enumerate(factors):
             for b in _row_blocks(n, 2 * n * A.element_size()):
                 T = torch.addmm(one, A[b], A.t())
                 T.mul_(torch.mm(G[b], G.t()))
                 K[b].add_(T)
                 del T
+                report(
+                    (layer + b.stop / n) / len(factors), f"kernel layer {layer + 1}/{len(factors)}, rows {b.stop}/{n}"
+                )
     return K
 
 
@@ -289,6 +298,8 @@ def resolve_implementation(model: nn.Module, implementation: str = "auto") -> st
         return "closed_form"
     if capabilities.layerwise_ntk:
         return "layerwise"
+    if capabilities.structured_ntk:
+        return "structured"
     return "jacobian"
 
 
@@ -304,11 +315,19 @@ def ntk(
 
     progress(fraction, message) is called at most every 2 s by the long-running implementations.
     """
-    which = resolve_implementation(model, implementation)
+    with exact_float32():
+        return _ntk(model, X, resolve_implementation(model, implementation), max_bytes, progress)
+
+
+def _ntk(model: nn.Module, X: torch.Tensor, which: str, max_bytes: int, progress: Progress | None) -> torch.Tensor:
     if which == "closed_form":
         return ntk_closed_form(model, X, progress=progress)
     if which == "layerwise":
-        return ntk_layerwise(model, X)
+        return ntk_layerwise(model, X, progress=progress)
+    if which == "structured":
+        if not capabilities_of(model).structured_ntk:
+            raise ValueError("structured needs a model with the capability structured_ntk (Conv2d and Linear layers)")
+        return structured_ntk(model, X, max_bytes=max_bytes, progress=progress)
     return ntk_jacobian(model, X, max_bytes=max_bytes, progress=progress)
 
 
@@ -327,6 +346,8 @@ def ntk_diagonal(model: nn.Module, X: torch.Tensor, *, max_bytes: int = DEFAULT_
             for A, G in factors:
                 diagonal = diagonal + (G * G).sum(1) * ((A * A).sum(1) + 1)
             return diagonal
+    if which == "structured":
+        return structured_ntk_diagonal(model, X)
     params, jac = _jacobian_fn(model)
     P = sum(v.numel() for v in params.values())
     Xd = X.to(dtype=_param_dtype(model), device=next(model.parameters()).device)

@@ -24,6 +24,7 @@ from torch import nn
 
 from service.contract.spec import SIMILARITY_KINDS
 from workers.compute import propagation
+from workers.compute.device import exact_float32
 from workers.compute.functional import (
     Params,
     dfdz,
@@ -44,18 +45,64 @@ KINDS = tuple(SIMILARITY_KINDS)
 _BLOCK_BYTES = 128 * 2**20  # [block, n] / [block, m] temporaries of the two-layer path
 _SEGMENT = 2**20  # ReLU-crossing candidates evaluated at once
 _GENERIC_BYTES = 2**30  # per-chunk budget of the generic path
+_SYMMETRIZE_BLOCK = 512  # tiles of the in-place symmetrisation
 
 
 def postprocess(S: np.ndarray, *, symmetrize: bool, normalize: bool) -> np.ndarray:
-    """(S + Sᵀ)/2 if symmetrize, then S_ij / sqrt(S_ii S_jj) if normalize (rows/cols with S_ii ≤ 0 → 0)."""
-    S = np.asarray(S, dtype=np.float64)
+    """A float32 copy of S [n, n], post-processed by `postprocess_`."""
+    return postprocess_(np.array(S, dtype=np.float32), symmetrize=symmetrize, normalize=normalize)
+
+
+def postprocess_(S: np.ndarray, *, symmetrize: bool, normalize: bool) -> np.ndarray:
+    """In place on S [n, n] float32: (S + Sᵀ)/2 if symmetrize, then S_ij / sqrt(S_ii S_jj) if normalize
+    (rows/cols with S_ii ≤ 0 → 0). No temporary of n × n; returns S."""
     if symmetrize:
-        S = (S + S.T) / 2
+        symmetrize_(S)
     if normalize:
-        d = np.diag(S).copy()
-        inv = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0.0)
-        S = S * inv[:, None] * inv[None, :]
-    return S.astype(np.float32)
+        d = np.diag(S).astype(np.float64)
+        inv = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0.0).astype(S.dtype)
+        for r0 in range(0, S.shape[0], _SYMMETRIZE_BLOCK):  # inv_i inv_j in one product: a symmetric S stays so
+            rows = slice(r0, r0 + _SYMMETRIZE_BLOCK)
+            S[rows] *= inv[rows, None] * inv[None, :]
+    return S
+
+
+def symmetrize_(S: np.ndarray, block: int = _SYMMETRIZE_BLOCK) -> np.ndarray:
+    """S ← (S + Sᵀ)/2 in place, one pair of [block, block] tiles at a time; returns S [n, n]."""
+    n = S.shape[0]
+    for i0 in range(0, n, block):
+        rows = slice(i0, min(n, i0 + block))
+        for j0 in range(i0, n, block):
+            cols = slice(j0, min(n, j0 + block))
+            mean = S[rows, cols] + S[cols, rows].T
+            mean *= 0.5
+            S[rows, cols] = mean
+            S[cols, rows] = mean.T
+    return S
+
+
+class RepeatMean:
+    """Running mean of equally shaped float32 matrices [n, n] in one accumulator (the first one added
+    is taken over and modified in place; the others are only read)."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, S: np.ndarray) -> None:
+        if self.total is None:
+            self.total = S if S.dtype == np.float32 else S.astype(np.float32)
+        else:
+            self.total += S
+        self.count += 1
+
+    def mean(self) -> np.ndarray:
+        """The mean, in place of the accumulator (add nothing after this)."""
+        if self.total is None:
+            raise ValueError("no matrix was added")
+        if self.count > 1:
+            self.total /= np.float32(self.count)
+        return self.total
 
 
 def _z64(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
@@ -110,20 +157,23 @@ def _two_layer_rows(
 def _crossing_candidates(
     Xf: torch.Tensor, U: torch.Tensor, a: torch.Tensor, s: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """The (j, r) that some probe could flip, grouped by j and sorted by ρ_jr = |u_jr| / |a_r|.
+    """The (j, r) that some probe could flip, grouped by (j, σ_jr) and sorted by ρ_jr = |u_jr| / |a_r|.
 
     A crossing of (i, j, r) needs ρ_jr < |s_i e_ij| ≤ τ = max_i |s_i| (|x_i| max_j |x_j| + 1), so only
-    the few (j, r) with ρ_jr ≤ τ are kept. Their keys j·C + ρ_jr (C > τ, float64) are sorted once;
-    the candidates of a pair (i, j) are then the entries of group j below |s_i e_ij|.
+    the few (j, r) with ρ_jr ≤ τ are kept. It also needs δ_ijr = −s_i e_ij a_r σ'_ir against the sign of
+    u_jr: sign(s_i e_ij) = σ_jr, with σ_jr = sign(a_r) where u_jr > 0 and −sign(a_r) elsewhere. Their
+    keys g·C + ρ_jr with the group g = 2j + [σ_jr > 0] (C > τ, float64) are sorted once; the candidates
+    of a pair (i, j) are then the entries of group 2j + [s_i e_ij > 0] below |s_i e_ij|.
     """
     n = U.shape[0]
     norms = Xf.norm(dim=1)
     tau = float((s.abs() * (norms * norms.max() + 1)).max())
     rho = torch.where(a != 0, U.abs() / a.abs(), torch.full_like(U, float("inf")))
     j, r = torch.nonzero(rho <= tau, as_tuple=True)
+    positive = (U[j, r] > 0) == (a[r] > 0)  # σ_jr > 0
     scale = 2 * tau + 1
-    key, order = torch.sort(j.double() * scale + rho[j, r].double())
-    group_start = torch.searchsorted(key, torch.arange(n, device=U.device, dtype=torch.float64) * scale)
+    key, order = torch.sort((2 * j + positive).double() * scale + rho[j, r].double())
+    group_start = torch.searchsorted(key, torch.arange(2 * n, device=U.device, dtype=torch.float64) * scale)
     return {"key": key, "r": r[order], "group_start": group_start, "scale": torch.tensor(scale, dtype=torch.float64)}
 
 
@@ -151,9 +201,12 @@ def _add_crossings(
     if key.numel() == 0:
         return
     scale = float(candidates["scale"])
-    columns = torch.arange(n, device=U.device, dtype=torch.float64) * scale
-    threshold = (s[b, None] * E).abs_().double() + columns  # [B, n]: j·C + |s_i e_ij|
-    counts = (torch.searchsorted(key, threshold, right=True) - group_start).reshape(-1)
+    step = s[b, None] * E  # [B, n]: s_i e_ij
+    group = 2 * torch.arange(n, device=U.device) + (step > 0)  # [B, n]: the group of each pair
+    threshold = step.abs().double() + group.double() * scale  # [B, n]: g·C + |s_i e_ij|
+    first = group_start[group]
+    counts = (torch.searchsorted(key, threshold, right=True) - first).reshape(-1)
+    first = first.reshape(-1)
     ends = torch.cumsum(counts, 0)
     total = int(ends[-1])
     starts = ends - counts
@@ -162,7 +215,7 @@ def _add_crossings(
         pair = torch.searchsorted(ends, t, right=True)  # flat (i − b0, j) of each candidate
         i_local, j = pair // n, pair % n
         i = i_local + b.start
-        r = cand_r[group_start[j] + t - starts[pair]]
+        r = cand_r[first[pair] + t - starts[pair]]
         keep = D[i, r] > 0
         i, i_local, j, r = i[keep], i_local[keep], j[keep], r[keep]
         si, ar, u = s[i], a[r], U[j, r]
@@ -271,6 +324,28 @@ def similarity(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if schedule not in ("fixed", "trajectory"):
         raise ValueError(f"unknown schedule {schedule!r}")
+    with exact_float32():
+        S = _similarity(
+            model, X, kind=kind, step=step, loss=loss, schedule=schedule, X_aux=X_aux, seed=seed, progress=progress
+        )
+    if progress is not None:
+        progress(1.0, "similarity done")
+    return S.detach().to("cpu", torch.float32).numpy()
+
+
+def _similarity(
+    model: nn.Module,
+    X: torch.Tensor,
+    *,
+    kind: str,
+    step: float,
+    loss: str,
+    schedule: str,
+    X_aux: torch.Tensor | None,
+    seed: int,
+    progress: Progress | None,
+) -> torch.Tensor:
+    """S [n, n] on the model's device (see `similarity`)."""
     device = next(model.parameters()).device
     X = X.to(device)
     if kind in DIRECT_KINDS:
@@ -295,9 +370,7 @@ def similarity(
         else:
             Q = _generic_rows(model, X, s, z, progress)
         S = rows_to_similarity(Q, z, s, kind=kind, loss=loss)
-    if progress is not None:
-        progress(1.0, "similarity done")
-    return S.detach().to("cpu", torch.float32).numpy()
+    return S
 
 
-__all__ = ["KINDS", "activation_similarity", "dfdz", "postprocess", "similarity"]
+__all__ = ["KINDS", "RepeatMean", "activation_similarity", "dfdz", "postprocess", "postprocess_", "similarity"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from service.api import idempotency, uploads
 from service.api.deps import DataDirDep, RedisDep, SettingsDep, TenantDep
+from service.api.routes.jobs import page_cursor
 from service.api.schemas import DatasetOut, DatasetsOut, ErrorOut
 from service.api.usecases import datasets, queries
 
@@ -81,10 +82,16 @@ async def create_dataset(
     "",
     response_model=DatasetsOut,
     summary="List datasets",
-    description="The tenant's datasets and weights, newest first.",
+    description="The tenant's datasets and weights, newest first, a page at a time (cursor pagination, as "
+    "for jobs): `count` is the number on this page; pass `next_cursor` as `cursor` for the next one.",
 )
-def read_datasets(conn: RedisDep, tenant: TenantDep) -> DatasetsOut:
-    return queries.list_datasets(conn, tenant)
+def read_datasets(
+    conn: RedisDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="Datasets per page.")] = 50,
+    cursor: Annotated[str | None, Query(max_length=64, description="`next_cursor` of the previous page.")] = None,
+) -> DatasetsOut:
+    return queries.list_datasets(conn, tenant, limit=limit, cursor=page_cursor(cursor))
 
 
 @router.get(

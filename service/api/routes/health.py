@@ -1,11 +1,14 @@
-"""/healthz (the process answers) and /readyz (it can do useful work)."""
+"""/healthz (the process answers) and /readyz (it can do useful work).
+
+Both run on the event loop (no hop to the thread pool), so they answer while blocking routes are busy.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.api.deps import DataDirDep, RedisDep, SettingsDep
+from service.api.deps import AsyncRedisDep, DataDirDep, SettingsDep
 from service.api.schemas import HealthOut, ReadyOut
 from service.api.usecases.readiness import check_readiness
 
@@ -18,7 +21,7 @@ router = APIRouter(tags=["health"])
     summary="Liveness",
     description="200 whenever the process can answer; checks nothing else.",
 )
-def read_health() -> HealthOut:
+async def read_health() -> HealthOut:
     return HealthOut()
 
 
@@ -30,6 +33,6 @@ def read_health() -> HealthOut:
     "the queue; otherwise 503 with the failed checks named in `failed`.",
     responses={503: {"model": ReadyOut, "description": "A check failed."}},
 )
-def read_ready(conn: RedisDep, data_dir: DataDirDep, settings: SettingsDep) -> JSONResponse:
-    body = check_readiness(conn, data_dir, settings)
+async def read_ready(aconn: AsyncRedisDep, data_dir: DataDirDep, settings: SettingsDep) -> JSONResponse:
+    body = await check_readiness(aconn, data_dir, settings)
     return JSONResponse(body.model_dump(), status_code=503 if body.failed else 200)

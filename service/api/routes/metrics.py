@@ -8,7 +8,13 @@
     lelastic_http_request_duration_seconds{method,route,status}  histogram
 
 HTTP metrics are kept per process (one uvicorn worker = one set of counters). `route` is the route
-template (`/v1/jobs/{job_id}`), or `<unmatched>` for unknown paths, so labels stay few.
+template (`/v1/jobs/{job_id}`), or `<unmatched>` for unknown paths, and `method` one of the standard
+methods or `other`, so labels stay few whatever the requests.
+
+A scrape costs the same whatever the number of job records: the job gauges and the duration summary
+are counters kept by `service.contract.jobstate` as statuses change, read with two HGETALLs; the queue
+depth is one LLEN and the workers one SMEMBERS + EXISTS. All of it goes through the asyncio client, so
+a burst of scrapes holds no thread of the pool.
 """
 
 from __future__ import annotations
@@ -19,18 +25,26 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import redis.asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
-from service.api.deps import RedisDep, SettingsDep
-from service.contract import keys, queue
+from service.api.deps import AsyncRedisDep, SettingsDep
+from service.contract import keys, queue, records
 from service.contract.jobstate import FINAL, JobStatus
 
 router = APIRouter(tags=["health"])
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: Job records read per tenant for the status counts (the newest ones); bounds the cost of a scrape.
-MAX_JOBS_COUNTED = 100_000
+#: HTTP methods counted under their own name; any other is counted as OTHER_METHOD.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+def method_label(method: str) -> str:
+    """The `method` label of a request: the method if it is a standard one, else `other`."""
+    return method if method in METHODS else OTHER_METHOD
 
 
 def _labels(**labels: Any) -> str:
@@ -103,37 +117,28 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
-            self.http_metrics.observe(scope["method"], route, status[0], time.perf_counter() - started)
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            method = method_label(scope["method"])
+            self.http_metrics.observe(method, route, status[0], time.perf_counter() - started)
 
 
-def job_lines(conn: Any) -> list[str]:
-    """Job counts by status and the duration summary, from the tenants' job indexes."""
-    counts = dict.fromkeys((status.value for status in JobStatus), 0)
-    durations: dict[str, list[float]] = {status.value: [0.0, 0] for status in JobStatus if status in FINAL}
-    for index in conn.scan_iter(match=keys.pattern(keys.jobs_index), count=500):
-        ids = conn.zrevrange(index, 0, MAX_JOBS_COUNTED - 1)
-        for start in range(0, len(ids), 1000):
-            pipe = conn.pipeline(transaction=False)
-            for job_id in ids[start : start + 1000]:
-                pipe.hmget(keys.job(job_id.decode()), "status", "started_at", "finished_at")
-            for status, started, finished in pipe.execute():
-                if status is None:
-                    continue
-                status = status.decode()
-                counts[status] = counts.get(status, 0) + 1
-                if status in durations and started and finished:
-                    durations[status][0] += max(0.0, float(finished) - float(started))
-                    durations[status][1] += 1
+async def job_lines(aconn: redis.asyncio.Redis) -> list[str]:
+    """Job counts by status and the duration summary, from the counters `jobstate` keeps."""
+    raw_counts = await aconn.hgetall(keys.JOB_COUNTS)
+    raw_durations = await aconn.hgetall(keys.JOB_DURATIONS)
+    stored = {records.text(k): records.text(v) for k, v in raw_counts.items()}
+    durations = {records.text(k): records.text(v) for k, v in raw_durations.items()}
     lines = ["# HELP lelastic_jobs Job records by status.", "# TYPE lelastic_jobs gauge"]
-    lines += [f"lelastic_jobs{_labels(status=s)} {c}" for s, c in counts.items()]
+    lines += [f"lelastic_jobs{_labels(status=s.value)} {max(0, int(stored.get(s.value, 0)))}" for s in JobStatus]
     lines += [
         "# HELP lelastic_job_duration_seconds Run time of final jobs that started.",
         "# TYPE lelastic_job_duration_seconds summary",
     ]
-    for status, (total, count) in durations.items():
+    for status in (s.value for s in JobStatus if s in FINAL):
+        total = float(durations.get(f"{status}:sum", 0.0))
+        count = int(durations.get(f"{status}:count", 0))
         lines.append(f"lelastic_job_duration_seconds_sum{_labels(status=status)} {total:.3f}")
-        lines.append(f"lelastic_job_duration_seconds_count{_labels(status=status)} {int(count)}")
+        lines.append(f"lelastic_job_duration_seconds_count{_labels(status=status)} {count}")
     return lines
 
 
@@ -143,15 +148,17 @@ def job_lines(conn: Any) -> list[str]:
     summary="Prometheus metrics",
     description="Queue depth, workers, jobs by status, job durations and HTTP request metrics.",
 )
-def read_metrics(request: Request, conn: RedisDep, settings: SettingsDep) -> PlainTextResponse:
+async def read_metrics(request: Request, aconn: AsyncRedisDep, settings: SettingsDep) -> PlainTextResponse:
+    depth = await aconn.llen(queue.queue_key(settings))
+    workers = await queue.live_workers_async(aconn, settings)
     lines = [
         "# HELP lelastic_queue_depth Jobs waiting on the RQ queue.",
         "# TYPE lelastic_queue_depth gauge",
-        f"lelastic_queue_depth{_labels(queue=settings.queue)} {queue.get_queue(conn, settings).count}",
+        f"lelastic_queue_depth{_labels(queue=settings.queue)} {depth}",
         "# HELP lelastic_workers Live workers listening on the queue.",
         "# TYPE lelastic_workers gauge",
-        f"lelastic_workers{_labels(queue=settings.queue)} {queue.live_workers(conn, settings)}",
-        *job_lines(conn),
+        f"lelastic_workers{_labels(queue=settings.queue)} {workers}",
+        *await job_lines(aconn),
         *request.app.state.http_metrics.render(),
     ]
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import numpy as np
@@ -14,11 +14,11 @@ import redis
 from fastapi import status
 
 from service.api import idempotency, limits, uploads
-from service.api.errors import Conflict, InvalidInput
-from service.api.retention import active_jobs_by_upload
+from service.api.errors import Conflict, InvalidInput, PayloadTooLarge
+from service.api.retention import active_jobs_by_upload, delete_upload_if_unused
 from service.api.schemas import DatasetOut
 from service.api.usecases.queries import owned_dataset
-from service.contract import queue, records
+from service.contract import keys, queue, records
 from service.contract.jobstate import ACTIVE
 from service.contract.settings import Settings
 from service.contract.storage import DataDir, atomic_open
@@ -83,7 +83,7 @@ def _create(
     """Parse, check and store the upload, then record it (its files are removed if anything fails)."""
     dataset_id = records.new_id()
     try:
-        kind, meta = _parse_and_store(data_dir, dataset_id, upload, settings)
+        kind, meta = _parse_and_store(conn, data_dir, dataset_id, upload, settings, tenant)
         record = records.create_dataset(
             conn,
             kind=kind,
@@ -99,29 +99,62 @@ def _create(
 
 
 def _parse_and_store(
-    data_dir: DataDir, dataset_id: str, upload: uploads.ReceivedUpload, settings: Settings
+    conn: redis.Redis,
+    data_dir: DataDir,
+    dataset_id: str,
+    upload: uploads.ReceivedUpload,
+    settings: Settings,
+    tenant: str,
 ) -> tuple[str, dict[str, Any]]:
-    """(kind, meta) of the upload after moving it into the dataset's folder."""
+    """(kind, meta) of the upload after moving it into the dataset's folder (within the tenant's quota)."""
     fmt = uploads.upload_format(upload.filename)
     label_column = upload.fields.get("label_column") or None
     if label_column is not None and fmt != ".csv":
         raise InvalidInput.at(
             ["body", "label_column"], "only for .csv files (a .npz carries labels as 'y')", label_column
         )
+    used = tenant_storage_bytes(conn, data_dir, tenant)
+    check_quota(used, upload.size, settings)
     if fmt == ".safetensors":
-        tensors = uploads.read_safetensors_header(upload.path)
+        tensors = uploads.read_safetensors_header(upload.path, settings)
         target = data_dir.weights_file(dataset_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(upload.path, target)
         return "weights", {"tensors": tensors}
     if fmt == ".npy":
-        parsed = uploads.read_npy(upload.path)
+        parsed = uploads.read_npy(upload.path, settings)
     elif fmt == ".npz":
-        parsed = uploads.read_npz(upload.path, max_bytes=settings.max_upload_bytes)
+        parsed = uploads.read_npz(upload.path, settings)
     else:
-        parsed = uploads.read_csv(upload.path, label_column=label_column)
+        parsed = uploads.read_csv(upload.path, settings, label_column=label_column)
     limits.check_dataset(parsed.X.shape, settings)
+    check_quota(used, parsed.X.nbytes + (parsed.y.nbytes if parsed.y is not None else 0), settings)
     return "dataset", _store_dataset(data_dir, dataset_id, parsed)
+
+
+def tenant_storage_bytes(conn: redis.Redis, data_dir: DataDir, tenant: str) -> int:
+    """Bytes on disk of the tenant's stored datasets and weights."""
+    total = 0
+    for member in cast(list[bytes], conn.zrange(keys.datasets_index(tenant), 0, -1)):
+        folder = data_dir.dataset_dir(records.text(member))
+        with contextlib.suppress(OSError):
+            total += sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    return total
+
+
+def check_quota(used: int, adding: int, settings: Settings) -> None:
+    """PayloadTooLarge when `adding` bytes would take the tenant past max_tenant_storage_bytes."""
+    allowed = settings.max_tenant_storage_bytes
+    if used + adding > allowed:
+        found = limits.limit_issue(
+            ["body", "file"],
+            "the tenant's stored bytes with this upload",
+            used + adding,
+            "max_tenant_storage_bytes",
+            allowed,
+        )
+        found["msg"] += f"; {used} bytes are stored now: delete datasets to make room"
+        raise PayloadTooLarge([found])
 
 
 def _store_dataset(data_dir: DataDir, dataset_id: str, parsed: uploads.ParsedDataset) -> dict[str, Any]:
@@ -129,8 +162,10 @@ def _store_dataset(data_dir: DataDir, dataset_id: str, parsed: uploads.ParsedDat
     with atomic_open(data_dir.dataset_file(dataset_id)) as handle:
         if parsed.y is None:
             np.savez(handle, X=parsed.X)
-        else:
+        elif parsed.label_names is None:
             np.savez(handle, X=parsed.X, y=parsed.y)
+        else:
+            np.savez(handle, X=parsed.X, y=parsed.y, label_names=np.array(parsed.label_names, dtype=str))
     classes, counts = None, None
     if parsed.y is not None:
         values, sizes = np.unique(parsed.y, return_counts=True)
@@ -143,6 +178,9 @@ def _store_dataset(data_dir: DataDir, dataset_id: str, parsed: uploads.ParsedDat
         "has_labels": parsed.y is not None,
         "classes": classes,
         "class_counts": counts,
+        "label_names": parsed.label_names,
+        "label_column": parsed.label_column,
+        "notes": parsed.notes or None,
     }
 
 
@@ -155,7 +193,10 @@ def _current(conn: redis.Redis, dataset_id: str) -> dict[str, Any] | None:
 def delete_dataset(conn: redis.Redis, data_dir: DataDir, dataset_id: str, tenant: str) -> None:
     """Delete the tenant's dataset or weights (record and files). Conflict while a queued or running job uses it."""
     owned_dataset(conn, dataset_id, tenant)
-    users = _active_users(conn, dataset_id, tenant)
+    users = delete_upload_if_unused(conn, dataset_id, tenant, lambda: _active_users(conn, dataset_id, tenant))
+    if users is None:
+        msg = "jobs are being submitted right now; try again"
+        raise Conflict.at(["path", "dataset_id"], msg, dataset_id, jobs=[])
     if users:
         raise Conflict.at(
             ["path", "dataset_id"],
@@ -163,7 +204,6 @@ def delete_dataset(conn: redis.Redis, data_dir: DataDir, dataset_id: str, tenant
             dataset_id,
             jobs=users,
         )
-    records.delete_dataset_record(conn, dataset_id, tenant)
     data_dir.remove_dataset(dataset_id)
 
 

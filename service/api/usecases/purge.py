@@ -23,7 +23,8 @@ def cancel_job(conn: redis.Redis, job_id: str, tenant: str) -> JobOut:
             [
                 issue(
                     ["path", "job_id"],
-                    f"the job is already {before}; only queued or running jobs can be canceled",
+                    f"the job is already {before}; only queued or running jobs can be canceled "
+                    f"(to delete it and its files: DELETE /v1/jobs/{job_id}?purge=true)",
                     job_id,
                 )
             ],

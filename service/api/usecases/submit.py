@@ -7,7 +7,8 @@ from typing import Any
 import redis
 from fastapi import status
 
-from service.api import idempotency, limits, validation
+from service.api import execution, idempotency, limits, retention, validation
+from service.api.errors import InvalidInput
 from service.api.schemas import JobOut
 from service.contract import jobstate, queue, records
 from service.contract.jobstate import JobStatus
@@ -48,7 +49,9 @@ def submit_job(
 
 def _submit(conn: redis.Redis, data_dir: DataDir, settings: Settings, spec: JobSpec, tenant: str) -> JobOut:
     """Check, admit (active-jobs limit), record and enqueue a job; a job that cannot be queued ends failed."""
+    spec = validation.with_label_numbers(conn, data_dir, spec, tenant=tenant)
     validation.check_job_spec(conn, data_dir, spec, tenant=tenant, settings=settings)
+    spec = execution.resolve_execution(conn, data_dir, spec, tenant=tenant, settings=settings)
     job_id = records.new_id()
     limits.admit_job(conn, settings, tenant, job_id)
     try:
@@ -57,6 +60,10 @@ def _submit(conn: redis.Redis, data_dir: DataDir, settings: Settings, spec: JobS
     except BaseException:
         limits.release_job(conn, tenant, job_id)
         raise
+    if not retention.uploads_exist(conn, record.spec):  # deleted between the checks and the record
+        records.delete_job_record(conn, job_id, tenant)
+        limits.release_job(conn, tenant, job_id)
+        raise InvalidInput.at(["body", "dataset"], "an upload this job names was deleted meanwhile", None)
     try:
         queue.enqueue(conn, settings, record.id)
     except Exception as exc:

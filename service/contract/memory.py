@@ -1,0 +1,162 @@
+"""An upper bound of a job's peak memory (resident set of its work-horse), from its spec alone.
+
+Pure arithmetic (no torch): the API refuses a spec whose estimate exceeds `max_job_memory`, and the
+benchmark `benchmarks/job_memory.py` checks the bound against measured peaks.
+
+A job holds, all along: the process (interpreter, torch, scikit-learn, matplotlib), the dataset and
+the model. On top, one stage at a time (M = 4 n² bytes, the float32 n × n similarity matrix):
+
+    similarity   the repeats' running sums (none for one repeat; M, or 2M with normalize), the new
+                 matrix M, the engine's own n × n temporaries (2M for the η → 0 limit and the
+                 activation kind; 12M for steps η > 0, whose rows are float64) and its work buffers,
+                 and the hidden activations of the examples
+    analysis     (synthetic builtins) the raw mean, plus the paired within-class vectors (≤ M)
+    clustering   S, plus one n × n copy for kmeans, spectral, or an asymmetric kernel_kmeans
+    baselines    S, plus spectral_rbf's affinity (M)
+    artifacts    S, plus one cluster's block for the heat map's ordering (≤ M)
+
+Up to `DENSE_SPECTRAL_MAX` examples scikit-learn's float64 spectral clustering takes about 9M.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from service.contract.architectures import architecture_of
+from service.contract.spec import JobSpec, parameter_shapes
+
+GiB = 2**30
+MiB = 2**20
+#: A work-horse after its imports, with headroom for BLAS and matplotlib buffers.
+PROCESS_BYTES = 1 * GiB
+#: Work buffers of the engine's blockwise paths: closed-form 2-layer nets, and every other model.
+CLOSED_FORM_WORK_BYTES = 512 * MiB
+GENERIC_WORK_BYTES = 3 * GiB
+#: Up to this many examples spectral clustering is scikit-learn's dense float64 one (workers/compute/clustering.py).
+DENSE_SPECTRAL_MAX = 2048
+#: The elasticity analysis' fixed-size parts (the Spearman sample, the scatter plot).
+ANALYSIS_BYTES = 128 * MiB
+#: Hidden activations kept per example and unit of the widest layer (float32 U, H, D, R, ... and their float64 twins).
+ACTIVATION_BYTES_PER_UNIT = 32
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """total: the estimated peak, in bytes; stage: the stage at the peak; parts: the terms of the peak."""
+
+    total: int
+    stage: str
+    parts: dict[str, int] = field(default_factory=dict)
+
+    def explain(self) -> str:
+        """'similarity stage: n × n matrices 3.0 GiB, process 1.0 GiB, engine work buffers 512 MiB, ...'"""
+        terms = sorted(self.parts.items(), key=lambda item: -item[1])
+        return f"{self.stage} stage: " + ", ".join(f"{name} {size_text(value)}" for name, value in terms if value)
+
+    def driver(self) -> str:
+        """The largest term of the peak."""
+        return max(self.parts.items(), key=lambda item: item[1])[0]
+
+
+def size_text(value: int) -> str:
+    """'3.0 GiB', '512 MiB', '12 KiB'."""
+    if value >= GiB:
+        return f"{value / GiB:.1f} GiB"
+    return f"{value / MiB:.0f} MiB" if value >= MiB else f"{value / 1024:.0f} KiB"
+
+
+def estimate_job_memory(
+    *,
+    n: int,
+    n_auxiliary: int,
+    dataset_rows: int,
+    features: int,
+    parameters: int,
+    widest_layer: int,
+    closed_form: bool,
+    kind: str,
+    step: float,
+    repeats: int,
+    normalize: bool,
+    symmetrize: bool,
+    synthetic: bool,
+    method: str | None,
+    baselines: Sequence[str],
+) -> MemoryEstimate:
+    """The peak memory bound of one job, in bytes (see the module docstring for the model).
+
+    n, n_auxiliary: primary and auxiliary examples; dataset_rows: the whole dataset's; features: per
+    example; parameters and widest_layer: the model's parameter count and widest layer (units);
+    closed_form: a closed-form 2-layer (or 1-layer) net; method: the resolved clustering method, or None.
+    """
+    M = 4 * n * n
+    fixed = {
+        "process": PROCESS_BYTES,
+        "dataset": 4 * features * (dataset_rows + n + n_auxiliary) + 24 * features * n,
+        "model": 32 * parameters,
+    }
+    per_repeat = normalize and repeats > 1
+    held = 0 if repeats == 1 else (M if not per_repeat else (2 * M if synthetic else M))
+    engine = 2 * M if kind == "activation" or step == 0 else 12 * M
+    stages = {
+        "similarity": {
+            "n × n matrices": held + M + engine,
+            "engine work buffers": CLOSED_FORM_WORK_BYTES if closed_form else GENERIC_WORK_BYTES,
+            "hidden activations": ACTIVATION_BYTES_PER_UNIT * (n + n_auxiliary) * widest_layer,
+        },
+        "analysis": {"n × n matrices": (2 * M if per_repeat else M) + M if synthetic else 0, "parts": ANALYSIS_BYTES},
+        "clustering": {"n × n matrices": M + _clustering_bytes(n, method, symmetrize)},
+        "baselines": {"n × n matrices": M + (_spectral_bytes(n) if "spectral_rbf" in baselines else 0)},
+        "artifacts": {"n × n matrices": 2 * M, "heat map": 256 * MiB},
+    }
+    stage, parts = max(stages.items(), key=lambda item: sum(item[1].values()))
+    parts = {**parts, **fixed}
+    return MemoryEstimate(total=sum(parts.values()), stage=stage, parts=parts)
+
+
+def _spectral_bytes(n: int) -> int:
+    return 9 * 4 * n * n if n <= DENSE_SPECTRAL_MAX else 4 * n * n + 64 * MiB
+
+
+def _clustering_bytes(n: int, method: str | None, symmetrize: bool) -> int:
+    if method == "spectral":
+        return _spectral_bytes(n)
+    if method == "kmeans" or (method == "kernel_kmeans" and not symmetrize):
+        return 4 * n * n
+    return 0
+
+
+def estimate_spec_memory(
+    spec: JobSpec,
+    *,
+    n: int,
+    n_auxiliary: int,
+    dataset_rows: int,
+    input_shape: Sequence[int],
+) -> MemoryEstimate:
+    """`estimate_job_memory` of a spec, given the sizes its selections resolve to and the input shape."""
+    shapes = parameter_shapes(spec.model, list(input_shape))
+    widest = max((shape[0] for shape in shapes.values() if shape), default=1)
+    sim = spec.similarity
+    return estimate_job_memory(
+        n=n,
+        n_auxiliary=n_auxiliary,
+        dataset_rows=dataset_rows,
+        features=math.prod(input_shape),
+        parameters=sum(math.prod(shape) for shape in shapes.values()),
+        widest_layer=widest,
+        closed_form=architecture_of(spec.model).capabilities(spec.model).closed_form_ntk,
+        kind=sim.kind,
+        step=sim.step,
+        repeats=sim.repeats,
+        normalize=sim.normalize,
+        symmetrize=sim.symmetrize,
+        synthetic=not isinstance(spec.dataset, str) and spec.dataset.builtin != "digits",
+        method=spec.clustering_method(),
+        baselines=spec.baselines,
+    )
+
+
+__all__ = ["MemoryEstimate", "estimate_job_memory", "estimate_spec_memory", "size_text"]

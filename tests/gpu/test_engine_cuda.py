@@ -1,0 +1,132 @@
+"""The engine on CUDA, TF32 off, against the float64 CPU reference: every architecture, NTK
+implementation, kind, loss and step (0: the limit; > 0: the exact step and the trajectory)."""
+
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from service.contract.spec import CNNModel, LinearModel, MLPModel, ResMLPModel
+from workers.compute.models import build_model
+from workers.compute.ntk import ntk
+from workers.compute.scalar_net import capabilities_of
+from workers.compute.similarity import similarity
+
+#: The device under test: cuda (LELASTIC_GPU_TEST_DEVICE=cpu runs the same checks on the CPU, a dry run).
+DEVICE = os.environ.get("LELASTIC_GPU_TEST_DEVICE", "cuda")
+
+SPECS = [
+    MLPModel(width=64),
+    MLPModel(width=32, activation="tanh"),
+    MLPModel(width=32, activation="gelu"),
+    MLPModel(depth=3, width=32),
+    LinearModel(arch="linear", depth=1, width=1),
+    LinearModel(arch="linear", depth=3, width=8),
+    ResMLPModel(arch="resmlp", width=32),
+    CNNModel(arch="cnn"),
+]
+N = 12
+
+
+def f_of(z, loss):
+    return torch.sigmoid(z) if loss == "bce" else z
+
+
+def reference(model, X, eta, loss, kind):
+    """Float64 per-example loop on the CPU: restore θ, one SGD step via autograd on (x_i, 1), re-predict."""
+    m = copy.deepcopy(model).cpu().double()
+    X = X.cpu().double()
+    theta = copy.deepcopy(m.state_dict())
+    with torch.no_grad():
+        f0 = f_of(m(X), loss)
+    rows = []
+    for i in range(X.shape[0]):
+        m.load_state_dict(theta)
+        m.zero_grad()
+        z = m(X[i : i + 1])
+        value = ((z - 1) ** 2).sum() if loss == "mse" else -torch.log(torch.sigmoid(z)).sum()
+        value.backward()
+        with torch.no_grad():
+            for p in m.parameters():
+                p -= eta * p.grad
+            df = f_of(m(X), loss) - f0
+        if kind == "relative":
+            rows.append(df.abs() / df[i].abs())
+        else:
+            dl_df = 2 * (f0[i] - 1) if loss == "mse" else -1 / f0[i]
+            rows.append(df / (-eta * dl_df))
+    return torch.stack(rows).numpy()
+
+
+def rel_err(S, R):
+    return float(np.abs(S - R).max() / np.abs(R).max())
+
+
+def shape_of(spec):
+    return [64] if spec.arch == "cnn" else [16]
+
+
+def data(spec, n=N, seed=1):
+    return torch.rand(n, *shape_of(spec), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def spec_id(spec):
+    return spec.model_dump_json()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+def test_every_ntk_implementation_on_cuda_equals_the_float64_cpu_jacobian(spec):
+    model, X = build_model(spec, shape_of(spec), seed=0), data(spec)
+    expected = ntk(copy.deepcopy(model).double(), X.double(), implementation="jacobian")
+    capabilities = capabilities_of(model)
+    claimed = {
+        "closed_form": capabilities.closed_form_ntk,
+        "layerwise": capabilities.layerwise_ntk,
+        "structured": capabilities.structured_ntk,
+        "jacobian": True,
+    }
+    model.to(DEVICE)
+    for implementation in [name for name, yes in claimed.items() if yes]:
+        K = ntk(model, X.to(DEVICE), implementation=implementation)
+        assert K.device.type == torch.device(DEVICE).type and K.dtype == torch.float32
+        assert float((K.cpu().double() - expected).abs().max() / expected.abs().max()) < 1e-5, implementation
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+@pytest.mark.parametrize("kind", ["kernelized", "relative"])
+def test_the_exact_step_on_cuda_equals_the_float64_cpu_loop(spec, loss, kind):
+    model, X = build_model(spec, shape_of(spec), seed=0), data(spec)
+    for eta in (1e-3, 1e-1):
+        R = reference(model, X, eta, loss, kind)
+        S = similarity(model.to(DEVICE), X.to(DEVICE), kind=kind, step=eta, loss=loss)
+        model.cpu()
+        assert rel_err(S, R) < 1e-4, eta
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=spec_id)
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+@pytest.mark.parametrize("kind", ["kernelized", "relative"])
+def test_the_limit_on_cuda_equals_the_float64_cpu_limit(spec, loss, kind):
+    model, X = build_model(spec, shape_of(spec), seed=0), data(spec)
+    expected = similarity(copy.deepcopy(model).double(), X.double(), kind=kind, step=0, loss=loss)
+    S = similarity(model.to(DEVICE), X.to(DEVICE), kind=kind, step=0, loss=loss)
+    assert rel_err(S, expected) < 1e-5
+
+
+@pytest.mark.parametrize("spec", [MLPModel(width=64), ResMLPModel(arch="resmlp", width=16), CNNModel(arch="cnn")])
+def test_the_trajectory_and_the_activation_kind_on_cuda_equal_the_cpu(spec):
+    model, X = build_model(spec, shape_of(spec), seed=0), data(spec)
+    Xa = data(spec, n=5, seed=2)
+    cpu = similarity(model, X, kind="kernelized", step=1e-2, loss="mse", schedule="trajectory", X_aux=Xa, seed=3)
+    relu_patterns = spec.arch != "cnn"
+    if relu_patterns:
+        patterns = similarity(model, X, kind="activation", step=0, loss="mse")
+    model.to(DEVICE)
+    Xd, Xad = X.to(DEVICE), Xa.to(DEVICE)
+    gpu = similarity(model, Xd, kind="kernelized", step=1e-2, loss="mse", schedule="trajectory", X_aux=Xad, seed=3)
+    assert rel_err(gpu, cpu) < 1e-6
+    if relu_patterns:
+        np.testing.assert_allclose(similarity(model, Xd, kind="activation", step=0, loss="mse"), patterns, atol=1e-6)
