@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml | $(PY)
 # The browser tests (tests/browser) drive Debian's Chromium; it is installed here where it is missing
 # (as root with the Debian archive reachable). Where it cannot be, those tests fail saying so.
 test: $(STAMP)
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) || echo "chromium could not be installed: the browser tests will fail" >&2
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) || echo "chromium could not be installed: the browser tests will fail" >&2
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
