@@ -51,7 +51,12 @@ if redis.call('LREM', KEYS[1], -1, id) == 0 then return -1 end
 local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[6]) - 1)
 local running = {}
 local function tenant_of(job_id)
-  return redis.call('HGET', ARGV[2] .. job_id, 'tenant') or ('?' .. job_id)
+  local tenant = redis.call('HGET', ARGV[2] .. job_id, 'tenant')
+  if not tenant and #job_id > 32 then
+    -- a tile or reduce step of a sharded job (`<job id>-...`): it queues for its job's tenant
+    tenant = redis.call('HGET', ARGV[2] .. string.sub(job_id, 1, 32), 'tenant')
+  end
+  return tenant or ('?' .. job_id)
 end
 local function start_rank(tenant)
   if running[tenant] == nil then

@@ -3,7 +3,7 @@ same whatever the number of records), bounded /metrics labels, and the queue's r
 
 from __future__ import annotations
 
-from service.contract import jobstate, keys, queue, records
+from service.contract import jobstate, keys, queue, records, sharding
 from service.contract.jobstate import JobStatus
 from tests.factories import DIGITS_3_5, app_client, submit_id
 
@@ -161,3 +161,19 @@ def test_the_queue_takes_tenants_in_turn(keyed, redis_conn, settings):
     assert queued_order(redis_conn, settings) == [b1, a2, b2, a3, a4]
     rq_job = queue.fetch_rq_job(redis_conn, b2)
     assert rq_job is not None and rq_job.args == [b2], "the queue entry is still the RQ job of Bob's job"
+
+
+def test_the_tiles_of_a_sharded_job_queue_for_their_jobs_tenant(keyed, redis_conn, settings):
+    """Alice's sharded job runs and its tiles fill the queue: Bob's job goes before all of them, as the
+    tiles are Alice's turns, not turns of tenants of their own."""
+    client, alice, bob, _ = keyed
+    response = client.post("/v1/jobs", json=DIGITS_3_5, headers={"X-API-Key": alice})
+    assert response.status_code == 202, response.text
+    a1 = response.json()["id"]
+    assert redis_conn.lpop(queue.queue_key(settings)).decode() == a1
+    jobstate.mark_running(redis_conn, a1)
+    tiles = [sharding.tile_job_id(a1, i, j) for i, j in ((0, 0), (0, 1), (1, 1))]
+    redis_conn.rpush(queue.queue_key(settings), *tiles)
+    response = client.post("/v1/jobs", json=DIGITS_3_5, headers={"X-API-Key": bob})
+    assert response.status_code == 202, response.text
+    assert queued_order(redis_conn, settings) == [response.json()["id"], *tiles]

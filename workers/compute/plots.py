@@ -7,6 +7,7 @@ global pyplot state is touched (thread-safe) and the same inputs give the same b
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,7 +46,8 @@ def _png_bytes(fig: Figure) -> bytes:
 
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    # "tight" grows the canvas to whatever the labels need, so a long title is never cut off.
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.1)
     return buffer.getvalue()
 
 
@@ -158,7 +160,8 @@ def heatmap_png(
     ax.set_xlabel("Example (by cluster, then leading eigenvector)")
     ax.set_ylabel("Example (by cluster)")
     top = strip_ax if true_labels is not None else ax
-    top.set_title(f"{title}\nclusters of size {', '.join(str(int(s)) for s in sizes)}", fontsize=9)
+    wrapped = "\n".join(textwrap.wrap(title, width=70))
+    top.set_title(f"{wrapped}\nclusters of size {', '.join(str(int(s)) for s in sizes)}", fontsize=9)
     return _png_bytes(fig)
 
 
