@@ -9,7 +9,10 @@ relative similarity in the small-step limit, no clustering). `examples/<name>.js
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+from service.contract.spec import EXAMPLE_SPEC
 
 DIGITS_3_5 = {"dataset": {"builtin": "digits"}, "primary": {"labels": [3, 5]}, "auxiliary": {"labels": [8, 9]}}
 
@@ -34,16 +37,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "digits-quick": {
         "summary": "Digits 3 vs 5, a quick trained MLP (seconds)",
         "description": "The digits setting at width 1024 and 30 epochs: a few seconds on a CPU.",
-        "spec": {
-            **DIGITS_3_5,
-            "model": {"arch": "mlp", "width": 1024, "depth": 2, "activation": "relu"},
-            "loss": "mse",
-            "weights": {"source": "trained", "epochs": 30, "lr": 0.003, "batch_size": 50},
-            "similarity": {"kind": "kernelized", "step": 0},
-            "clustering": {"k": 2, "method": "kernel_kmeans"},
-            "baselines": ["kmeans_raw", "pca_kmeans", "spectral_rbf"],
-            "seed": 0,
-        },
+        "spec": copy.deepcopy(EXAMPLE_SPEC),
     },
     "digits-relu-kernelized": {
         "summary": "Paper: digits 3 vs 5, ReLU net, MSE, kernelized similarity",
