@@ -17,12 +17,33 @@ from service.contract.spec import EXAMPLE_SPEC
 DIGITS_3_5 = {"dataset": {"builtin": "digits"}, "primary": {"labels": [3, 5]}, "auxiliary": {"labels": [8, 9]}}
 
 
+def _digits(
+    model: dict[str, Any], *, loss: str = "mse", epochs: int = 200, lr: float = 0.003, **similarity: Any
+) -> dict[str, Any]:
+    """Digits 3 vs 5 (auxiliary 8, 9) as the authors run MNIST: SGD with batch 50, then the clustering
+    the paper pairs with the similarity kind (K-means on the rows of the relative one, else kernel K-means)."""
+    kind = similarity.setdefault("kind", "kernelized")
+    return {
+        **DIGITS_3_5,
+        "model": dict(model),
+        "loss": loss,
+        "weights": {"source": "trained", "epochs": epochs, "lr": lr, "batch_size": 50},
+        "similarity": {"kind": kind, "step": 0, **{k: v for k, v in similarity.items() if k != "kind"}},
+        "clustering": {"k": 2, "method": "kmeans" if kind == "relative" else "kernel_kmeans"},
+        "baselines": ["kmeans_raw", "pca_kmeans", "spectral_rbf"],
+        "seed": 0,
+    }
+
+
+RELU_4096 = {"arch": "mlp", "width": 4096, "depth": 2, "activation": "relu"}
+
+
 def _synthetic(builtin: str, model: dict[str, Any], lr: float) -> dict[str, Any]:
     return {
         "dataset": {"builtin": builtin, "n": 200, "seed": 0},
         "primary": {"labels": [1]},
         "auxiliary": {"labels": [0]},
-        "model": model,
+        "model": dict(model),
         "loss": "mse",
         "weights": {"source": "trained", "epochs": 500, "lr": lr, "batch_size": 200},
         "similarity": {"kind": "relative", "step": 0, "symmetrize": False},
@@ -43,58 +64,22 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "summary": "Paper: digits 3 vs 5, ReLU net, MSE, kernelized similarity",
         "description": "The authors' MNIST setting on the 8×8 digits: 2-layer ReLU MLP of width 4096, SGD 200 "
         "epochs at lr 3e-3, batch 50; kernelized similarity in the small-step limit; kernel K-means.",
-        "spec": {
-            **DIGITS_3_5,
-            "model": {"arch": "mlp", "width": 4096, "depth": 2, "activation": "relu"},
-            "loss": "mse",
-            "weights": {"source": "trained", "epochs": 200, "lr": 0.003, "batch_size": 50},
-            "similarity": {"kind": "kernelized", "step": 0},
-            "clustering": {"k": 2, "method": "kernel_kmeans"},
-            "baselines": ["kmeans_raw", "pca_kmeans", "spectral_rbf"],
-            "seed": 0,
-        },
+        "spec": _digits(RELU_4096),
     },
     "digits-relu-relative": {
         "summary": "Paper: digits 3 vs 5, ReLU net, MSE, relative similarity",
         "description": "As digits-relu-kernelized with the relative similarity, clustered by K-means on its rows.",
-        "spec": {
-            **DIGITS_3_5,
-            "model": {"arch": "mlp", "width": 4096, "depth": 2, "activation": "relu"},
-            "loss": "mse",
-            "weights": {"source": "trained", "epochs": 200, "lr": 0.003, "batch_size": 50},
-            "similarity": {"kind": "relative", "step": 0},
-            "clustering": {"k": 2, "method": "kmeans"},
-            "baselines": ["kmeans_raw", "pca_kmeans", "spectral_rbf"],
-            "seed": 0,
-        },
+        "spec": _digits(RELU_4096, kind="relative"),
     },
     "digits-linear-kernelized": {
         "summary": "Paper: digits 3 vs 5, linear net, MSE, kernelized similarity",
         "description": "The authors' linear control: a 2-layer linear net of width 4096 trained at lr 3e-5.",
-        "spec": {
-            **DIGITS_3_5,
-            "model": {"arch": "linear", "width": 4096, "depth": 2},
-            "loss": "mse",
-            "weights": {"source": "trained", "epochs": 200, "lr": 3e-5, "batch_size": 50},
-            "similarity": {"kind": "kernelized", "step": 0},
-            "clustering": {"k": 2, "method": "kernel_kmeans"},
-            "baselines": ["kmeans_raw", "pca_kmeans", "spectral_rbf"],
-            "seed": 0,
-        },
+        "spec": _digits({"arch": "linear", "width": 4096, "depth": 2}, lr=3e-5),
     },
     "digits-relu-bce-normalized": {
         "summary": "Paper: digits 3 vs 5, ReLU net, BCE (50 epochs), cosine-normalised kernelized similarity",
         "description": "BCE as the authors train it (50 epochs); normalising cancels the sigmoid's slope.",
-        "spec": {
-            **DIGITS_3_5,
-            "model": {"arch": "mlp", "width": 4096, "depth": 2, "activation": "relu"},
-            "loss": "bce",
-            "weights": {"source": "trained", "epochs": 50, "lr": 0.003, "batch_size": 50},
-            "similarity": {"kind": "kernelized", "step": 0, "normalize": True},
-            "clustering": {"k": 2, "method": "kernel_kmeans"},
-            "baselines": ["kmeans_raw", "pca_kmeans", "spectral_rbf"],
-            "seed": 0,
-        },
+        "spec": _digits(RELU_4096, loss="bce", epochs=50, normalize=True),
     },
     "torus-relu": {
         "summary": "Paper simulation: torus, 2-layer ReLU net, relative similarity vs geodesic distance",
