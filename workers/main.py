@@ -133,9 +133,10 @@ class LelasticWorker(Worker):
     #: Seconds between reconnection attempts once the backoff has grown (RQ: 60).
     max_connection_wait_time = 5.0
 
-    def __init__(self, *args: Any, data_dir: DataDir | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, data_dir: DataDir | None = None, work_nice: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.data_dir = data_dir
+        self.work_nice = work_nice
         self.shutdown_requested = False
         self._horse_death: tuple[str, str, bool] | None = None  # (job id, reason, is_timeout)
         self._parent_pid = os.getpid()
@@ -209,6 +210,9 @@ class LelasticWorker(Worker):
                 ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != self._parent_pid:  # the worker died before the line above
                 os._exit(1)
+        if self.work_nice:  # the computation yields the CPU to the API and the worker's own heartbeats
+            with contextlib.suppress(OSError):
+                os.nice(self.work_nice)
         super().main_work_horse(job, queue)
 
     def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int | None, rusage: Any) -> None:
@@ -279,6 +283,7 @@ def make_worker(conn: redis.Redis, settings: WorkerSettings, queues: list[str] |
         job_monitoring_interval=settings.worker_heartbeat_seconds,
         maintenance_interval=settings.maintenance_interval,
         data_dir=DataDir(settings.data_dir),
+        work_nice=settings.work_nice,
     )
 
 

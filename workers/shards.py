@@ -137,8 +137,9 @@ def start(
     sharding.enqueue_tiles(conn, settings, job_id, plan, result_ttl=settings.result_ttl)
     info["fanned_out"] = True
     sharding.write_plan(conn, job_id, info)
+    progress_tiles, message = sharding.tile_progress(0, len(plan), info["fanout_at"])
     records.set_progress(
-        conn, job_id, fraction=_fraction(0, len(plan)), stage="tiles", message=f"tiles 0/{len(plan)} done"
+        conn, job_id, fraction=_fraction(0, len(plan)), stage="tiles", message=message, tiles=progress_tiles
     )
     return info
 
@@ -316,9 +317,11 @@ def run_tile(job_id: str, i: int, j: int) -> str:
             return _fail(conn, data_dir, job_id, f"tile {name}: internal error: {type(error).__name__}: {error}")
         done = sharding.tile_done(conn, job_id, name, ttl=settings.result_ttl)
         total = int(plan["tiles"])
-        rate, message = sharding.progress_message(done, total, float(plan["fanout_at"]))
+        progress, message = sharding.tile_progress(done, total, float(plan["fanout_at"]))
         if _status(conn, job_id) == JobStatus.RUNNING:
-            records.set_progress(conn, job_id, fraction=_fraction(done, total), stage="tiles", message=message)
+            records.set_progress(
+                conn, job_id, fraction=_fraction(done, total), stage="tiles", message=message, tiles=progress
+            )
         seconds, peak = time.monotonic() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         log.info(
             "tile %s written in %.2f s (%d/%d, %.2f tiles/s, peak RSS %.0f MiB)",
@@ -326,7 +329,7 @@ def run_tile(job_id: str, i: int, j: int) -> str:
             seconds,
             done,
             total,
-            rate,
+            progress["per_second"],
             peak,
             extra={"tile": name, "tile_seconds": round(seconds, 4), "peak_rss_mib": round(peak, 1)},
         )
@@ -366,7 +369,7 @@ def _compute_tile(spec: JobSpec, plan: dict[str, Any], job_dir: Path, i: int, j:
         symmetrize=sim.symmetrize,
         normalize=sim.normalize,
     )
-    if not np.all(np.isfinite(upper)) or (lower is not None and not np.all(np.isfinite(lower))):
+    if not bool(torch.isfinite(upper).all()) or (lower is not None and not bool(torch.isfinite(lower).all())):
         raise JobFailure("the similarity has non-finite entries (the model's θ may have diverged)")
     k = int(plan["k"])
     columns, values = tiles.topk(upper, k, col_offset=cs.start, exclude=0 if same else None)
@@ -376,20 +379,27 @@ def _compute_tile(spec: JobSpec, plan: dict[str, Any], job_dir: Path, i: int, j:
         parts["columns_t"], parts["values_t"] = tiles.topk(lower, k, col_offset=rs.start)
     if plan.get("landmarks"):
         marks = np.load(shard_dir / "landmarks.npy")
-        in_cols = marks[(marks >= cs.start) & (marks < cs.stop)]
-        parts["land"] = np.ascontiguousarray(upper[:, in_cols - cs.start])
+        in_cols = marks[(marks >= cs.start) & (marks < cs.stop)] - cs.start
+        parts["land"] = _host(upper[:, torch.from_numpy(in_cols).to(upper.device)])
         if square and not same:
             assert lower is not None
-            in_rows = marks[(marks >= rs.start) & (marks < rs.stop)]
-            parts["land_t"] = np.ascontiguousarray(lower[:, in_rows - rs.start])
+            in_rows = marks[(marks >= rs.start) & (marks < rs.stop)] - rs.start
+            parts["land_t"] = _host(lower[:, torch.from_numpy(in_rows).to(lower.device)])
     if plan["matrix"]:
         matrix = np.load(job_dir / PARTIAL_MATRIX, mmap_mode="r+")
-        matrix[rs, cs] = upper
+        matrix[rs, cs] = _host(upper)
         if square and not same:
-            matrix[cs, rs] = lower
+            assert lower is not None
+            matrix[cs, rs] = _host(lower)
         matrix.flush()
         del matrix
     _write_npz(shard_dir / f"top-{sharding.tile_name(i, j)}.npz", parts)
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A float32 host copy of a tile's tensor."""
+    out: np.ndarray = np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
+    return out
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

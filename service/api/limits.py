@@ -1,6 +1,7 @@
 """Per-request and per-tenant limits, each answer naming the limit and the setting that sets it.
 
-    size limits        max_examples, max_features (uploads); checked in service.api.validation for jobs
+    size limits        max_dataset_examples, max_features (uploads); max_examples is checked in
+                       service.api.validation for jobs
     active jobs        a tenant's queued + running jobs < max_active_jobs, else 429 + Retry-After
     request rate       rate_limit_per_minute per tenant on /v1, else 429 + Retry-After
 
@@ -68,11 +69,11 @@ def limit_issue(
 
 
 def dataset_issues(shape: tuple[int, ...] | list[int], settings: Settings) -> list[dict[str, Any]]:
-    """Issues of an uploaded array of `shape` ([n, ...]) against max_examples and max_features."""
+    """Issues of an uploaded array of `shape` ([n, ...]) against max_dataset_examples and max_features."""
     found = []
     n, features = int(shape[0]), math.prod(int(s) for s in shape[1:])
-    if n > settings.max_examples:
-        found.append(limit_issue(["body", "file", "X"], "n", n, "max_examples", settings.max_examples))
+    if n > settings.max_dataset_examples:
+        found.append(limit_issue(["body", "file", "X"], "n", n, "max_dataset_examples", settings.max_dataset_examples))
     if features > settings.max_features:
         found.append(
             limit_issue(["body", "file", "X"], "features per example", features, "max_features", settings.max_features)

@@ -179,6 +179,17 @@ class DatasetsOut(BaseModel):
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")
 
 
+class TileProgress(BaseModel):
+    """How far a sharded job's tiles are."""
+
+    done: int = Field(ge=0, description="Tiles written.")
+    total: int = Field(ge=1, description="Tiles planned.")
+    per_second: float = Field(ge=0, description="Tiles written per second since the tiles were queued.")
+    eta_seconds: float | None = Field(
+        None, description="Estimated seconds until every tile is written, at that rate (null before the first)."
+    )
+
+
 class Progress(BaseModel):
     """How far a job is."""
 
@@ -188,6 +199,9 @@ class Progress(BaseModel):
     fraction: float = Field(ge=0, le=1, description="Share of the job done, 0 to 1.")
     stage: str = Field(examples=["train"], description="The stage running: load, train, similarity, cluster or write.")
     message: str = Field(default="", description="What the stage is doing, e.g. the epoch and the loss.")
+    tiles: TileProgress | None = Field(
+        None, description="A sharded job's tiles while they run (stage `tiles`); null for other stages and jobs."
+    )
 
 
 class JobOut(BaseModel):

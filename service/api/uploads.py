@@ -271,7 +271,7 @@ def npy_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype]
 def check_header(
     name: str, shape: tuple[int, ...], dtype: np.dtype, settings: Settings, *, n: int | None = None
 ) -> None:
-    """Refuse an array by its header alone: X numeric [n, ...] within max_examples, max_features and
+    """Refuse an array by its header alone: X numeric [n, ...] within max_dataset_examples, max_features and
     max_dataset_bytes (as float32); y numeric [n]."""
     if dtype.hasobject:
         msg = f"{name} holds Python objects, which would need a pickle; only numeric arrays are read"
@@ -288,7 +288,7 @@ def check_header(
 
 
 def check_dataset_size(shape: tuple[int, ...] | list[int], settings: Settings) -> None:
-    """max_examples, max_features and max_dataset_bytes (n × features × 4) for a dataset of `shape`."""
+    """max_dataset_examples, max_features and max_dataset_bytes (n × features × 4) for a dataset of `shape`."""
     if len(shape) < 2 or shape[0] < 2 or math.prod(shape[1:]) == 0:
         raise InvalidInput.at(
             ["body", "X"], "X must have shape [n, ...] with n >= 2 examples of at least one value each", list(shape)
@@ -410,7 +410,7 @@ def read_csv(path: Path, settings: Settings, *, label_column: str | None) -> Par
     `label_column` is a header name, or a 0-based column number when there is no header. Without it, a
     header column named label, y, class or target (any case) holds the labels, and a note says so.
     Labels are integers, or names (any text) that are numbered in sorted order. Lines and columns are
-    bounded before parsing (`scan_csv_lines`); rows past max_examples or max_dataset_bytes stop the read.
+    bounded before parsing (`scan_csv_lines`); rows past max_dataset_examples or max_dataset_bytes stop the read.
     """
     scan_csv_lines(path, settings)
     values = array.array("d")
@@ -450,7 +450,7 @@ def read_csv(path: Path, settings: Settings, *, label_column: str | None) -> Par
                         raise InvalidInput.at(["body", "file", f"row {line}", f"column {names[c]}"], msg, cell)
                     values.append(number)
                 rows += 1
-                if rows > settings.max_examples or rows * len(names) * 4 > settings.max_dataset_bytes:
+                if rows > settings.max_dataset_examples or rows * len(names) * 4 > settings.max_dataset_bytes:
                     check_dataset_size((rows, max(len(names) - (label_index is not None), 1)), settings)
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InvalidInput.at(["body", "file"], f"not a UTF-8 CSV file: {exc}", None) from exc

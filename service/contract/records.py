@@ -141,9 +141,21 @@ def job_from_hash(raw: Mapping[bytes | str, bytes | str]) -> JobRecord | None:
     return JobRecord.from_hash(_decode(raw)) if raw else None
 
 
-def set_progress(conn: redis.Redis, job_id: str, *, fraction: float, stage: str, message: str = "") -> None:
-    """Record progress (0 ≤ fraction ≤ 1) and publish it on the job's event stream."""
-    progress = json.dumps({"fraction": round(max(0.0, min(1.0, fraction)), 4), "stage": stage, "message": message})
+def set_progress(
+    conn: redis.Redis,
+    job_id: str,
+    *,
+    fraction: float,
+    stage: str,
+    message: str = "",
+    tiles: dict[str, Any] | None = None,
+) -> None:
+    """Record progress (0 ≤ fraction ≤ 1) and publish it on the job's event stream; `tiles` (a sharded
+    job's done, total, per_second, eta_seconds) goes beside it."""
+    fields: dict[str, Any] = {"fraction": round(max(0.0, min(1.0, fraction)), 4), "stage": stage, "message": message}
+    if tiles is not None:
+        fields["tiles"] = tiles
+    progress = json.dumps(fields)
     pipe = conn.pipeline()
     pipe.hset(keys.job(job_id), "progress", progress)
     pipe.xadd(

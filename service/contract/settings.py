@@ -94,8 +94,12 @@ class ApiSettings(CommonSettings):
     )
 
     # Limits: requests beyond them are refused with the limit named in the answer.
-    max_examples: int = Field(
-        default=50_000, ge=2, description="Most examples (rows) in a dataset or a job's primary set."
+    max_examples: int = Field(default=50_000, ge=2, description="Most primary examples of a single-mode job.")
+    max_dataset_examples: int = Field(
+        default=1_000_000,
+        ge=2,
+        description="Most examples (rows) in an uploaded dataset (a sharded job may use them all; a single one "
+        "selects at most max_examples).",
     )
     max_features: int = Field(default=100_000, ge=1, description="Most features per example.")
     max_parameters: int = Field(default=200_000_000, ge=1, description="Most model parameters a job may ask for.")
@@ -183,6 +187,13 @@ class WorkerSettings(CommonSettings):
         default="auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$", description="Worker device: auto, cpu or cuda[:N]."
     )
     torch_threads: int = Field(default=0, ge=0, description="CPU threads per worker job (0: torch's default).")
+    work_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness added to each work-horse (the process that computes a job or tile): on a host "
+        "shared with the API the computation yields the CPU to requests (0: same priority).",
+    )
     worker_heartbeat_seconds: int = Field(
         default=10,
         ge=1,

@@ -179,6 +179,41 @@ def enqueue_reduce(conn: redis.Redis, settings: CommonSettings, job_id: str, *, 
     return True
 
 
+# Remove from a queue list (KEYS[1]) every entry starting with ARGV[1] (a job's tiles and reduce step),
+# keeping the others in order; returns the removed ids. One script: no worker pops a half-filtered list.
+_DROP_QUEUED = """
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+local kept, dropped = {}, {}
+local prefix = ARGV[1]
+for i = 1, #ids do
+  if string.sub(ids[i], 1, #prefix) == prefix then dropped[#dropped + 1] = ids[i] else kept[#kept + 1] = ids[i] end
+end
+if #dropped == 0 then return dropped end
+redis.call('DEL', KEYS[1])
+for i = 1, #kept, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
+end
+return dropped
+"""
+
+
+def drop_queued(conn: redis.Redis, settings: CommonSettings, job_id: str) -> int:
+    """Take every queued tile and reduce step of job `job_id` off the tile queue and delete their RQ jobs
+    (a canceled job's tiles never start); returns how many were queued. Tiles already running stop on
+    their own: their watchdog sees the job's status."""
+    queue = _queue(conn, settings)
+    dropped = [
+        m.decode() if isinstance(m, bytes) else str(m) for m in conn.eval(_DROP_QUEUED, 1, queue.key, f"{job_id}-")
+    ]
+    with conn.pipeline() as pipe:
+        for start in range(0, len(dropped), 1000):
+            chunk = dropped[start : start + 1000]
+            pipe.delete(*[Job.key_for(rq_id) for rq_id in chunk])
+            pipe.srem(Group.get_key(job_id), *chunk)
+        pipe.execute()
+    return len(dropped)
+
+
 def write_plan(conn: redis.Redis, job_id: str, info: dict[str, Any]) -> None:
     """Store the sharded run's plan (tiles, block, shape, fan-out time) in the job record's `sharding`."""
     conn.hset(keys.job(job_id), "sharding", json.dumps(info))
@@ -189,13 +224,20 @@ def read_plan(conn: redis.Redis, job_id: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def progress_message(done: int, total: int, started_at: float, now: float | None = None) -> tuple[float, str]:
-    """(tiles per second, message) of `done` of `total` tiles since `started_at`."""
+def tile_progress(done: int, total: int, started_at: float, now: float | None = None) -> tuple[dict[str, Any], str]:
+    """({done, total, per_second, eta_seconds}, message) of `done` of `total` tiles since `started_at`
+    (eta_seconds null until a tile is done)."""
     elapsed = max(1e-6, (now or time.time()) - started_at)
     rate = done / elapsed
-    left = (total - done) / rate if rate > 0 else float("inf")
-    eta = f"about {left:.0f} s left" if math.isfinite(left) else "time left unknown"
-    return rate, f"tiles {done}/{total} done, {rate:.2f} tiles/s, {eta}"
+    left = (total - done) / rate if rate > 0 else None
+    eta = f"about {left:.0f} s left" if left is not None else "time left unknown"
+    tiles = {
+        "done": done,
+        "total": total,
+        "per_second": round(rate, 4),
+        "eta_seconds": round(left, 1) if left is not None else None,
+    }
+    return tiles, f"tiles {done}/{total} done, {rate:.2f} tiles/s, {eta}"
 
 
 def on_tile_failure(

@@ -194,9 +194,10 @@ def test_csv_columns_are_counted_on_the_first_line_and_long_lines_refused(settin
         assert upload(client, "ok.csv", csv_bytes([[1, 2], [3, 4]])).status_code == 201
 
 
-def test_csv_rows_stop_at_max_examples(settings):
-    with app_client(settings, max_examples=5) as client:
-        assert_names(upload(client, "rows.csv", csv_bytes([[i, i] for i in range(50)])), 422, "n = 6", "max_examples")
+def test_csv_rows_stop_at_max_dataset_examples(settings):
+    with app_client(settings, max_dataset_examples=5) as client:
+        response = upload(client, "rows.csv", csv_bytes([[i, i] for i in range(50)]))
+        assert_names(response, 422, "n = 6", "max_dataset_examples")
 
 
 def test_each_tenant_has_a_storage_quota(settings, tmp_path):

@@ -37,12 +37,13 @@ def test_declared_content_length_far_over_the_limit_is_refused_before_reading(se
         assert not list((settings.data_dir).glob(".upload-*"))
 
 
-def test_upload_with_too_many_examples_is_422_naming_max_examples(settings):
-    with app_client(settings, max_examples=10) as client:
+def test_upload_with_too_many_examples_is_422_naming_max_dataset_examples(settings):
+    with app_client(settings, max_dataset_examples=10, max_examples=5) as client:
         response = upload(client, "x.npz", npz_bytes(X=np.zeros((11, 2), dtype=np.float32)))
-        detail = assert_names(response, 422, "n = 11 exceeds max_examples = 10 (LELASTIC_MAX_EXAMPLES)")
+        detail = assert_names(response, 422, "n = 11 exceeds max_dataset_examples = 10 (LELASTIC_MAX_DATASET_EXAMPLES)")
         assert detail[0]["loc"] == ["body", "file", "X"] and detail[0]["input"] == 11
         assert client.get("/v1/datasets").json()["count"] == 0
+        # Above max_examples a dataset is still stored: a sharded job may use every row of it.
         assert upload(client, "x.npz", npz_bytes(X=np.zeros((10, 2)))).status_code == 201
 
 

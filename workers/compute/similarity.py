@@ -148,7 +148,7 @@ def _two_layer_rows(
         torch.addmm(T, H[b], H.t(), out=Q[b]).add_(1)
         del T, L
         if relu:
-            _add_crossings(Q, E, b, s=s, U=U, H=H, D=D, a=a, candidates=candidates, report=report)
+            _add_crossings(Q, E, b, s=s, U=U, a=a, candidates=candidates, report=report)
         del E
         report(b.stop / n, f"exact steps: rows {b.stop}/{n}")
     return Q
@@ -184,8 +184,6 @@ def _add_crossings(
     *,
     s: torch.Tensor,
     U: torch.Tensor,
-    H: torch.Tensor,
-    D: torch.Tensor,
     a: torch.Tensor,
     candidates: dict[str, torch.Tensor],
     report: Throttle,
@@ -194,9 +192,10 @@ def _add_crossings(
     step at x_i flips at x_j: u_jr and u_jr + δ_ijr of different signs, δ_ijr = −s_i e_ij a_r σ'_ir.
 
     Candidates of a pair (i, j) come from `_crossing_candidates` by one batched binary search; each is
-    then tested exactly. E [len(b), n] holds e_ij of the rows b.
+    then tested exactly (ReLU: σ'_ir = [u_ir > 0], h_ir = max(u_ir, 0)). E [len(b), n] holds e_ij of
+    the rows b. The candidates are expanded a segment of whole pairs at a time, by flat gathers.
     """
-    n = U.shape[0]
+    n, m = U.shape
     key, cand_r, group_start = candidates["key"], candidates["r"], candidates["group_start"]
     if key.numel() == 0:
         return
@@ -204,26 +203,37 @@ def _add_crossings(
     step = s[b, None] * E  # [B, n]: s_i e_ij
     group = 2 * torch.arange(n, device=U.device) + (step > 0)  # [B, n]: the group of each pair
     threshold = step.abs().double() + group.double() * scale  # [B, n]: g·C + |s_i e_ij|
-    first = group_start[group]
-    counts = (torch.searchsorted(key, threshold, right=True) - first).reshape(-1)
-    first = first.reshape(-1)
+    first = group_start[group].reshape(-1)
+    counts = torch.searchsorted(key, threshold, right=True).reshape(-1) - first
     ends = torch.cumsum(counts, 0)
-    total = int(ends[-1])
     starts = ends - counts
-    for t0 in range(0, total, _SEGMENT):
-        t = torch.arange(t0, min(total, t0 + _SEGMENT), device=U.device)
-        pair = torch.searchsorted(ends, t, right=True)  # flat (i − b0, j) of each candidate
+    total = int(ends[-1])
+    # Segments of whole pairs with about _SEGMENT candidates each: pair p owns candidates
+    # [ends[p] − counts[p], ends[p]), the (j, r) entries first[p] onwards of its group.
+    cuts = torch.searchsorted(ends, torch.arange(0, total, _SEGMENT, device=U.device), right=True).tolist()
+    cuts.append(counts.numel())
+    U_flat, E_flat = U.reshape(-1), E.reshape(-1)
+    for p0, p1 in zip(cuts[:-1], cuts[1:], strict=True):
+        if p1 <= p0:
+            continue
+        seg_counts = counts[p0:p1]
+        pair = torch.repeat_interleave(torch.arange(p0, p1, device=U.device), seg_counts)
+        if pair.numel() == 0:
+            continue
+        offset = torch.arange(pair.numel(), device=U.device) - (starts.index_select(0, pair) - starts[p0])
+        r = cand_r.index_select(0, first.index_select(0, pair) + offset)
         i_local, j = pair // n, pair % n
         i = i_local + b.start
-        r = cand_r[first[pair] + t - starts[pair]]
-        keep = D[i, r] > 0
-        i, i_local, j, r = i[keep], i_local[keep], j[keep], r[keep]
-        si, ar, u = s[i], a[r], U[j, r]
-        new = u - si * E[i_local, j] * ar
+        ir = i * m + r
+        u_i = U_flat.index_select(0, ir)  # ReLU: σ'_ir and h_ir from u_ir
+        d_ir, h_ir = (u_i > 0).to(U.dtype), u_i.clamp_min(0)
+        si, ar = s.index_select(0, i), a.index_select(0, r)
+        u = U_flat.index_select(0, j * m + r)
+        new = u - si * E_flat.index_select(0, i_local * n + j) * ar * d_ir
         down, up = (u > 0) & (new <= 0), (u <= 0) & (new > 0)
         value = torch.where(down, new, torch.where(up, -new, torch.zeros_like(new))) / si
-        Q.view(-1).index_add_(0, i * n + j, (ar - si * H[i, r]) * value)
-        done = b.start + (b.stop - b.start) * min(total, t0 + _SEGMENT) / total
+        Q.view(-1).index_add_(0, i * n + j, (ar - si * h_ir) * value)
+        done = b.start + (b.stop - b.start) * int(ends[p1 - 1]) / total
         report(done / n, f"exact steps: rows {int(done)}/{n}, ReLU crossings")
 
 

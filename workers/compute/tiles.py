@@ -35,41 +35,45 @@ def tile_similarity(
     symmetrize: bool,
     normalize: bool,
     progress: Progress | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(S[I, J], S[J, I]) float32 of the post-processed similarity, rows X_rows [r, ...] and columns
-    X_cols [c, ...]; X_cols None: a diagonal tile (the rows are the columns), then (S[I, I], None).
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(S[I, J], S[J, I]) float32 tensors on the model's device of the post-processed similarity, rows
+    X_rows [r, ...] and columns X_cols [c, ...]; X_cols None: a diagonal tile (the rows are the
+    columns), then (S[I, I], None).
 
     The small-step limit of a 1- or 2-layer net (capability closed_form_ntk) takes the cross kernel
     K[I, J] directly (`_closed_form_cross`, r·c entries instead of the union's); anything else runs
-    the engine on the union of rows and columns."""
+    the engine on the union of rows and columns. The post-processing is `similarity.postprocess`'s
+    float32 arithmetic, so a tile equals the same block of the whole matrix."""
+    device = next(model.parameters()).device
     if X_cols is None:
         raw = similarity.similarity(model, X_rows, kind=kind, step=step, loss=loss, progress=progress)
-        return similarity.postprocess(raw, symmetrize=symmetrize, normalize=normalize), None
+        whole = similarity.postprocess(raw, symmetrize=symmetrize, normalize=normalize)
+        return torch.from_numpy(whole).to(device), None
     r = X_rows.shape[0]
     if step == 0 and kind in STEP_KINDS and capabilities_of(model).closed_form_ntk:
-        upper_raw, lower_raw, diag = _closed_form_cross(model, X_rows, X_cols.to(X_rows), kind=kind, loss=loss)
+        upper, lower, diag = _closed_form_cross(model, X_rows, X_cols.to(X_rows), kind=kind, loss=loss)
     else:
         union = torch.cat([X_rows, X_cols.to(X_rows)])
-        raw = similarity.similarity(model, union, kind=kind, step=step, loss=loss, progress=progress)
-        upper_raw, lower_raw, diag = raw[:r, r:], raw[r:, :r], np.diag(raw)
-    upper = np.asarray(upper_raw, dtype=np.float64)
-    lower = np.asarray(lower_raw, dtype=np.float64)
+        whole_raw = similarity.similarity(model, union, kind=kind, step=step, loss=loss, progress=progress)
+        union_raw = torch.from_numpy(np.asarray(whole_raw, dtype=np.float32)).to(device)
+        upper, lower, diag = union_raw[:r, r:], union_raw[r:, :r], torch.diagonal(union_raw)
     if symmetrize:
-        upper = (upper + lower.T) / 2
-        lower = upper.T
+        upper = (upper + lower.t()).mul_(0.5)
+        lower = upper.t()
     if normalize:
-        d = np.asarray(diag, dtype=np.float64)
-        inv = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0.0)
-        upper = upper * inv[:r, None] * inv[None, r:]
-        lower = lower * inv[r:, None] * inv[None, :r]
-    return upper.astype(np.float32), lower.astype(np.float32)
+        d = diag.double()
+        inv = torch.where(d > 0, 1 / torch.sqrt(torch.where(d > 0, d, torch.ones_like(d))), torch.zeros_like(d))
+        inv = inv.float()
+        upper = upper * (inv[:r, None] * inv[None, r:])
+        lower = lower * (inv[r:, None] * inv[None, :r])
+    return upper.contiguous(), lower.contiguous()
 
 
 @torch.no_grad()
 def _closed_form_cross(
     model: nn.Module, X_rows: torch.Tensor, X_cols: torch.Tensor, *, kind: str, loss: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(S[I, J], S[J, I], diag of S over rows then columns) float32 of the small-step limit of a 1- or
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(S[I, J], S[J, I], diag of S over rows then columns) float32 tensors of the small-step limit of a 1- or
     2-layer net: K_z[I, J] = H_I H_Jᵀ + (D_I a)(D_J a)ᵀ ⊙ (X_I X_Jᵀ + 1) + 1 (one layer: X_I X_Jᵀ + 1),
     its diagonal from the same per-example quantities, then the kind's `from_limit` (as `ntk` and
     `similarity._limit` compute the whole matrix)."""
@@ -104,11 +108,7 @@ def _closed_form_cross(
         upper, lower = K.abs() / guard_rows[:, None], K.t().abs() / guard_cols[:, None]
         d_rows, d_cols = (d_rows.abs() > 0).to(K), (d_cols.abs() > 0).to(K)
 
-    def host(t: torch.Tensor) -> np.ndarray:
-        out: np.ndarray = t.detach().to("cpu", torch.float32).numpy()
-        return out
-
-    return host(upper), host(lower), host(torch.cat([d_rows, d_cols]))
+    return upper.float(), lower.float(), torch.cat([d_rows, d_cols]).float()
 
 
 def _order(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -116,45 +116,54 @@ def _order(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return np.lexsort((columns, -values), axis=-1)
 
 
+def _sorted_desc(values: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(columns, values) [r, m] reordered per row by value descending, then column ascending."""
+    by_column = torch.argsort(columns, dim=1)
+    columns, values = columns.gather(1, by_column), values.gather(1, by_column)
+    by_value = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return columns.gather(1, by_value), values.gather(1, by_value)
+
+
+@torch.no_grad()
 def topk(
-    values: np.ndarray, k: int, *, col_offset: int = 0, exclude: int | None = None
+    values: np.ndarray | torch.Tensor, k: int, *, col_offset: int = 0, exclude: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(columns int32 [r, k'], values float32 [r, k']) of the k' = min(k, c) largest entries of each row of
     values [r, c], column j of the block being column col_offset + j of the matrix; sorted by value
     descending, ties by the lower column. exclude: row i's column exclude + i is left out (the example
-    itself on a diagonal tile)."""
-    values = np.asarray(values, dtype=np.float32)
-    r, c = values.shape
-    if exclude is not None:
-        values = values.copy()
-        rows = np.arange(r)
+    itself on a diagonal tile). A tensor is ranked on its own device (a GPU tile's [r, c] block never
+    crosses to the host); only the [r, k'] lists come back."""
+    block = torch.as_tensor(values).float()
+    r, c = block.shape
+    if exclude is not None and r and c:
+        rows = torch.arange(r, device=block.device)
         keep = (exclude + rows >= 0) & (exclude + rows < c)
-        values[rows[keep], exclude + rows[keep]] = -np.inf
-        c_eff = c - 1 if r and c else c
+        block = block.clone()
+        block[rows[keep], exclude + rows[keep]] = -torch.inf
+        c_eff = c - 1
     else:
         c_eff = c
     k = max(0, min(k, c_eff))
     if k == 0:
         return np.zeros((r, 0), np.int32), np.zeros((r, 0), np.float32)
     if k < c:
-        # The k largest by value; rows where the k-th value is tied beyond the cut are re-sorted whole.
-        best_k = torch.topk(torch.from_numpy(values), k, dim=1, sorted=False)
-        part, picked = best_k.indices.numpy(), best_k.values.numpy().copy()
-        threshold = picked.min(axis=1)
-        tied_total = (values == threshold[:, None]).sum(axis=1)
-        tied_picked = (picked == threshold[:, None]).sum(axis=1)
-        ambiguous = np.flatnonzero(tied_total > tied_picked)
-        if ambiguous.size:
-            full = _order(values[ambiguous], np.broadcast_to(np.arange(c), (ambiguous.size, c)))[:, :k]
+        # The k largest by value; rows whose k-th value is tied beyond the cut are ranked whole (a stable
+        # sort keeps the lower column first among equal values).
+        picked, part = torch.topk(block, k, dim=1, sorted=False)
+        threshold = picked.min(dim=1).values
+        tied_total = (block == threshold[:, None]).sum(dim=1)
+        tied_picked = (picked == threshold[:, None]).sum(dim=1)
+        ambiguous = torch.nonzero(tied_total > tied_picked).flatten()
+        if ambiguous.numel():
+            full = torch.sort(block[ambiguous], dim=1, descending=True, stable=True).indices[:, :k]
             part[ambiguous] = full
-            picked[ambiguous] = np.take_along_axis(values[ambiguous], full, axis=1)
+            picked[ambiguous] = block[ambiguous].gather(1, full)
     else:
-        part = np.broadcast_to(np.arange(c), (r, c)).copy()
-        picked = values
-    order = _order(picked, part)
-    columns = np.take_along_axis(part, order, axis=1)[:, :k]
-    best = np.take_along_axis(picked, order, axis=1)[:, :k]
-    return (columns + col_offset).astype(np.int32), best.astype(np.float32)
+        part = torch.arange(c, device=block.device).expand(r, c)
+        picked = block
+    columns, best = _sorted_desc(picked, part)
+    columns, best = columns[:, :k] + col_offset, best[:, :k]
+    return columns.to("cpu", torch.int32).numpy(), best.to("cpu", torch.float32).numpy()
 
 
 def neighbors(

@@ -46,7 +46,7 @@ UPLOAD_BODY = {
     response_model=DatasetOut,
     summary="Upload a dataset or weights",
     description="Multipart upload of one `file`. Arrays are read without pickles, checked (numeric, finite, "
-    "2 ≤ n ≤ max_examples, features ≤ max_features, labels integer and one per row) and stored as float32 "
+    "2 ≤ n ≤ max_dataset_examples, features ≤ max_features, labels integer and one per row) and stored as float32 "
     "X / int64 y. A `.safetensors` file is stored as kind `weights` for `weights: {source: upload}`. The "
     "`Location` header points at the new resource. With an `Idempotency-Key`, a retry of the same upload "
     "returns the dataset the first request created (201, header `Idempotent-Replayed: true`).",
