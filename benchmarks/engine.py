@@ -5,7 +5,8 @@
 (a) exact one-step path vs a float64 per-example reference loop at η = 1e-3 (digits, 2-layer ReLU MLP)
 (b) limit path (step 0) vs the same loop and vs the float64 NTK
 (c) limit path at n = 10,000, d = 784 (synthetic): seconds, GFLOP/s, peak memory
-(d) cnn, resmlp and mlp3: exact step vs the float64 loop, limit vs a per-example Jacobian loop
+(d) cnn, resmlp and mlp3: exact step vs the float64 loop, limit vs a per-example Jacobian loop; the cnn's
+    exact step on 28 x 28 images at --n-cnn-step examples (fresh process)
 (e) cnn on 28 x 28 images: structured NTK vs per-example gradients and one Gram product (fresh processes)
 (f) exact step at eta = 0.1 vs 1e-3 (n = 5,000, d = 784, width 4096) and the count of flipped ReLUs
 Every timing comes with its peak memory where it runs in a fresh process (c, e).
@@ -230,7 +231,7 @@ def section_d(args, X):
     width = 512 if args.quick else args.width
     print(f"\n(d) the other architectures on digits-sized inputs (n={n}, width {width}, untrained weights, mse)")
     models = (
-        ("cnn", CNNModel(arch="cnn")),  # exact step: float64 torch.func; limit: structured NTK
+        ("cnn", CNNModel(arch="cnn")),  # exact step: difference propagation (convprop.py); limit: structured NTK
         ("resmlp", ResMLPModel(arch="resmlp", width=width)),  # difference propagation; layerwise NTK
         ("mlp3", MLPModel(depth=3, width=width, activation="relu")),
     )
@@ -256,6 +257,10 @@ def section_d(args, X):
             f"    {name:6s} limit: {t_lim:.3f} s vs per-example jacobian loop {t_loop:.2f} s{note} "
             f"speedup {t_loop / t_lim:.1f}x, max rel diff {rel(L[:rows, :rows], Kl):.2e} {peak_note(args.device)}"
         )
+        if name == "cnn" and args.n_cnn_step > 0:
+            r = measured("cnn_step", n=args.n_cnn_step, device=args.device)
+            size = f"28 x 28 images, n={args.n_cnn_step}"
+            print(f"    cnn    exact step on {size} (fresh process): {r['dt']:.1f} s, {memory_note(r)}")
 
 
 def _measured_child(task, kwargs, queue):
@@ -305,6 +310,12 @@ def _task_cnn_limit(n, device, rss):
     return (fn, lambda: similarity(model, X[:32], kind="kernelized", step=0, loss="mse")), None
 
 
+def _task_cnn_step(n, device, rss):
+    model, X = _cnn28(n, device)
+    fn = lambda: similarity(model, X, kind="kernelized", step=1e-3, loss="mse")  # noqa: E731
+    return (fn, lambda: similarity(model, X[:16], kind="kernelized", step=1e-3, loss="mse")), None
+
+
 def _task_cnn_grad_loop(n, device, rss, rows):
     """The loop on the first `rows` examples: (K [rows, rows], seconds of the gradients, seconds of J Jᵀ)."""
     model, X = _cnn28(n, device)
@@ -332,7 +343,12 @@ def _task_large_step(n, eta, device, rss):
     return (lambda: similarity(model, X, kind="kernelized", step=eta, loss="mse"), None), None
 
 
-TASKS = {"cnn_limit": _task_cnn_limit, "cnn_grad_loop": _task_cnn_grad_loop, "large_step": _task_large_step}
+TASKS = {
+    "cnn_limit": _task_cnn_limit,
+    "cnn_step": _task_cnn_step,
+    "cnn_grad_loop": _task_cnn_grad_loop,
+    "large_step": _task_large_step,
+}
 
 
 def flipped_units(n, eta, device, probes=50):
@@ -403,10 +419,17 @@ def main() -> None:
     parser.add_argument("--n-large", type=int, default=10_000)
     parser.add_argument("--n-step", type=int, default=5000, help="examples of section f (the large step)")
     parser.add_argument("--archs", default="cnn,resmlp,mlp3", help="comma list of the architectures of section d")
+    parser.add_argument(
+        "--n-cnn-step",
+        type=int,
+        default=1000,
+        help="examples of section d's cnn exact step on 28 x 28 images (0: skip)",
+    )
     parser.add_argument("--skip", default="", help="comma list of sections to skip: ab,c,d,e,f")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.ref_rows = min(args.epochs, 3), min(args.ref_rows, 40)
+        args.n_cnn_step = min(args.n_cnn_step, 200)
     args.ref_rows = max(args.ref_rows, 1)
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     X, y = digits(args.device)

@@ -84,7 +84,8 @@ class Capabilities:
     layerwise_ntk: the model is Linear layers and pointwise maps only: the NTK from one forward and
         backward pass, K = Σ_l (G_l G_lᵀ) ⊙ (A_l A_lᵀ + 1).
     difference_propagation: the module propagates one-step differences through its layers
-        (`ScalarNet.probe_differences`), exact in float32.
+        (`ScalarNet.probe_differences`), exact in float32; needs layerwise_ntk or structured_ntk (the
+        per-layer inputs and output gradients it reads).
     structured_ntk: the model is Conv2d (groups 1) and Linear layers with pointwise maps, pooling and
         reshapes between them, no parameter shared across examples: the NTK per layer from its inputs
         (im2col patches for a convolution) and its backpropagated signals, never an n × P Jacobian.
@@ -98,8 +99,10 @@ class Capabilities:
     activation: Activation | None = None
 
     def __post_init__(self) -> None:
-        if (self.closed_form_ntk or self.difference_propagation) and not self.layerwise_ntk:
-            raise ValueError("closed_form_ntk and difference_propagation need a stack of Linear layers (layerwise_ntk)")
+        if self.closed_form_ntk and not self.layerwise_ntk:
+            raise ValueError("closed_form_ntk needs a stack of Linear layers (layerwise_ntk)")
+        if self.difference_propagation and not (self.layerwise_ntk or self.structured_ntk):
+            raise ValueError("difference_propagation needs Linear and Conv2d layers (layerwise_ntk or structured_ntk)")
 
     @property
     def closed_form_step(self) -> bool:
@@ -222,7 +225,7 @@ def _resmlp_capabilities(spec: ResMLPModel) -> Capabilities:
 
 
 def _cnn_capabilities(spec: CNNModel) -> Capabilities:
-    return Capabilities(structured_ntk=True, activation="relu")
+    return Capabilities(structured_ntk=True, difference_propagation=True, activation="relu")
 
 
 _ENTRIES: tuple[Architecture[Any], ...] = (

@@ -57,7 +57,7 @@ def test_tiles_assemble_the_whole_matrix(options, block):
         assert np.abs(got - expected).max() <= 1e-6 * scale
 
 
-def test_tiles_of_a_cnn_use_the_generic_engine():
+def test_tiles_of_a_cnn_assemble_its_whole_exact_step():
     model = build_model(CNNModel(arch="cnn"), [64], seed=0)
     X = data(7, 64)
     options = {"kind": "kernelized", "step": 0.01, "loss": "mse", "symmetrize": True, "normalize": False}

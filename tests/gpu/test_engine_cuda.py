@@ -130,3 +130,21 @@ def test_the_trajectory_and_the_activation_kind_on_cuda_equal_the_cpu(spec):
     assert rel_err(gpu, cpu) < 1e-6
     if relu_patterns:
         np.testing.assert_allclose(similarity(model, Xd, kind="activation", step=0, loss="mse"), patterns, atol=1e-6)
+
+
+@pytest.mark.parametrize("step", [0.0, 0.05])
+def test_a_tile_ranked_on_cuda_equals_the_cpu_tile(step):
+    from workers.compute.tiles import tile_similarity, topk
+
+    model = build_model(MLPModel(width=64), [16], seed=0)
+    X = data(MLPModel(width=64), n=40)
+    options = {"kind": "kernelized", "step": step, "loss": "mse", "symmetrize": True, "normalize": False}
+    cpu_upper, _ = tile_similarity(model, X[:16], X[16:], **options)
+    device_model = copy.deepcopy(model).to(DEVICE)
+    upper, lower = tile_similarity(device_model, X[:16].to(DEVICE), X[16:].to(DEVICE), **options)
+    assert upper.device.type == torch.device(DEVICE).type and lower is not None
+    assert rel_err(upper.cpu().numpy(), cpu_upper.numpy()) <= 1e-5
+    columns, values = topk(upper, 5, col_offset=16)
+    cpu_columns, cpu_values = topk(cpu_upper, 5, col_offset=16)
+    assert np.array_equal(columns, cpu_columns)
+    assert np.abs(values - cpu_values).max() <= 1e-5 * np.abs(cpu_values).max()

@@ -24,6 +24,7 @@ from service.contract.architectures import (
     cnn_geometry,
     image_shape,
 )
+from workers.compute.convprop import ConvReluPool, LayerSignals
 from workers.compute.propagation import activation_difference, linear_difference
 from workers.compute.scalar_net import LayerFactors, ScalarNet, linear_layers
 
@@ -97,6 +98,11 @@ class ResMLP(ScalarNet):
 class CNN(ScalarNet):
     """LeNet-style net of PyTorch's MNIST example. X [n, *shape] → image [n, C, H, W] → z [n]."""
 
+    #: Bound on the pair temporaries of one sub-block of probes in `probe_differences` on the CPU: small
+    #: enough to stay in cache and in the allocator's reused memory (larger sub-blocks ran slower). An
+    #: accelerator takes the driver's whole block at once.
+    CPU_PAIR_BYTES = 32 * 2**20
+
     def __init__(self, spec: CNNModel, input_shape: Sequence[int]) -> None:
         super().__init__(spec)
         geometry = cnn_geometry(input_shape)
@@ -114,6 +120,36 @@ class CNN(ScalarNet):
         h = torch.relu(self.fc1(h.flatten(1)))
         z: torch.Tensor = self.fc2(h)[:, 0]
         return z
+
+    def probe_differences(self, factors: LayerFactors, probe: LayerFactors, s: torch.Tensor) -> torch.Tensor:
+        """Δz [B, n]: both conv → relu → pool stages (convprop.py), then the Linear layers, over sub-blocks
+        of probes (`CPU_PAIR_BYTES`). factors: `convprop.layer_signals`, kept by `_prepared`."""
+        (x, _), (a2, _), (a3, _), (a4, _) = factors
+        first, second, u3 = self._prepared(factors)
+        n, widest = x.shape[0], max(g[0].numel() for _, g in factors)
+        per_probe = 4 * n * widest * x.element_size()
+        size = max(1, self.CPU_PAIR_BYTES // per_probe) if x.device.type == "cpu" else s.shape[0]
+        parts = []
+        for start in range(0, s.shape[0], size):
+            rows = slice(start, start + size)
+            (x_i, g1_i), (a2_i, g2_i), (A3, G3), (A4, G4) = [(A[rows], G[rows]) for A, G in probe]
+            da = first(None, x_i, g1_i, s[rows])  # [b, n, h, w, 20]
+            da = second(da, a2_i, g2_i, s[rows])  # [b, n, h, w, 50]
+            du = linear_difference(self.fc1, a3, da.movedim(-1, 2).flatten(2), A3, G3, s[rows])  # fc1 reads (C, h, w)
+            da = activation_difference(u3, du, "relu")
+            parts.append(linear_difference(self.fc2, a4, da, A4, G4, s[rows])[..., 0])
+        return torch.cat(parts)
+
+    def _prepared(self, factors: LayerFactors) -> tuple[ConvReluPool, ConvReluPool, torch.Tensor]:
+        """Both conv stages prepared at the examples and fc1's pre-activations [n, 500]; kept with the
+        signals for the next blocks of probes when `factors` are `convprop.LayerSignals`."""
+        (x, _), (a2, _), (a3, _), _ = factors
+
+        def prepare() -> tuple[ConvReluPool, ConvReluPool, torch.Tensor]:
+            first = ConvReluPool(self.conv1, x, moves=False)
+            return first, ConvReluPool(self.conv2, a2, moves=True), self.fc1(a3)
+
+        return factors.memo("cnn", prepare) if isinstance(factors, LayerSignals) else prepare()
 
 
 #: Registry name → the module class that builds it from (spec, input_shape).

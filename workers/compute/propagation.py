@@ -6,16 +6,19 @@ layer's input moves from a_jl to a_jl + Δa_ijl, so its output moves by exactly
 
     Δu_ijl = W_l Δa_ijl − s_i G_il (A_il · (a_jl + Δa_ijl) + 1),
 
-and an activation's output by σ(u + Δu) − σ(u), evaluated without cancellation (by cases for ReLU,
-tanh(Δ)(1 − tanh(u) tanh(u + Δ)) for tanh and the sigmoid, in float64 for GELU). Every quantity is a
-difference of size O(s), never the difference of two O(1) predictions, so float32 carries the whole
-computation: the perturbed networks cost one batched float32 GEMM per hidden-to-hidden layer.
+and an activation's output by σ(u + Δu) − σ(u), evaluated without cancellation (max(Δu + min(u, 0),
+−max(u, 0)) for ReLU, tanh(Δ)(1 − tanh(u) tanh(u + Δ)) for tanh and the sigmoid, in float64 for
+GELU). Every quantity is a difference of size O(s), never the difference of two O(1) predictions, so
+float32 carries the whole computation: the perturbed networks cost one batched float32 GEMM per
+hidden-to-hidden layer.
 
 Shapes: probes are processed in blocks I of B rows; differences are [B, n, width].
 
 This module holds the driver and the two primitives (`linear_difference`, `activation_difference`);
 each model with the capability difference_propagation composes them along its own layers in
-`ScalarNet.probe_differences` (workers/compute/models.py).
+`ScalarNet.probe_differences` (workers/compute/models.py). Convolutional stages (the CNN) have their
+primitives in convprop.py; such models read their layers' inputs and output gradients from
+`convprop.layer_signals` instead of `ntk.layer_factors`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 import torch
 from torch import nn
 
+from workers.compute.convprop import layer_signals
 from workers.compute.ntk import layer_factors
 from workers.compute.progress import Progress, Throttle
 from workers.compute.scalar_net import ScalarNet
@@ -40,9 +44,9 @@ def activation_difference(u: torch.Tensor, du: torch.Tensor, name: str | None) -
     """σ(u + du) − σ(u) without cancellation; u [n, w] broadcasts against du [B, n, w]."""
     if name is None:
         return du
+    if name == "relu":  # u > 0: max(du, −u); u ≤ 0: max(u + du, 0)
+        return torch.maximum(du + u.clamp_max(0), -u.clamp_min(0))
     new = u + du
-    if name == "relu":
-        return torch.where(u > 0, torch.where(new > 0, du, -u), new.clamp_min(0))
     if name == "tanh":
         return torch.tanh(du) * (1 - torch.tanh(u) * torch.tanh(new))
     if name == "sigmoid":  # σ(x) = (1 + tanh(x / 2)) / 2
@@ -80,9 +84,10 @@ def step_differences(
     dtype = next(model.parameters()).dtype
     X = X.reshape(X.shape[0], -1).to(dtype)
     s = s.to(dtype)
-    factors = layer_factors(model, X)  # [(A_l [n, in], G_l [n, out])]: inputs and ∂z/∂outputs
+    # [(A_l, G_l)] per layer: its input and ∂z/∂(its output), per example (images for a convolution)
+    factors = layer_factors(model, X) if model.capabilities.layerwise_ntk else layer_signals(model, X)
     n = X.shape[0]
-    width = max(A.shape[1] for A, _ in factors)
+    width = max(max(A[0].numel(), G[0].numel()) for A, G in factors)  # the widest layer input or output
     block = max(1, min(n, _BLOCK_BYTES // (6 * n * width * X.element_size())))
     out = torch.empty((n, n), dtype=dtype, device=X.device)
     report = Throttle(progress, every=2.0)

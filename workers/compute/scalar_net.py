@@ -35,8 +35,9 @@ class ScalarNet(nn.Module):
     def probe_differences(self, factors: LayerFactors, probe: LayerFactors, s: torch.Tensor) -> torch.Tensor:
         """Δz [B, n] at the n examples after the SGD step of each of B probes (capability difference_propagation).
 
-        factors: `ntk.layer_factors` at the examples; probe: the probes' rows of those factors
-        ([B, in], [B, out]); s [B]: each probe's step (η · ∂L/∂z). See `propagation.py`.
+        factors: `ntk.layer_factors` at the examples (`convprop.layer_signals` for convolutional nets);
+        probe: the probes' rows of those factors ([B, in], [B, out]); s [B]: each probe's step
+        (η · ∂L/∂z). See `propagation.py`.
         """
         raise NotImplementedError(f"arch {self.architecture.name!r} does not propagate differences")
 

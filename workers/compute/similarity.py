@@ -8,9 +8,9 @@ Definitions (θ_i = θ − η ∇θ L(f(x_i; θ), 1), Δf_ij = f(x_j; θ_i) − 
 
 step == 0 uses the exact limit (the NTK). step > 0 with schedule "fixed" is the exact one-step
 definition from a fixed θ, via a GEMM-only formula for 2-layer ReLU/linear nets (`_two_layer_rows`,
-capability closed_form_step), difference propagation for other stacks of linear layers
-(`propagation.py`, capability difference_propagation) and float64 torch.func for any other model
-such as the CNN (`_generic_rows`); "trajectory" is Algorithm 1 (trajectory.py). Each kind's own
+capability closed_form_step), difference propagation for other stacks of linear layers and for the
+CNN (`propagation.py`, `convprop.py`, capability difference_propagation) and float64 torch.func for
+any other model (`_generic_rows`); "trajectory" is Algorithm 1 (trajectory.py). Each kind's own
 part is in kinds.py.
 """
 
