@@ -222,14 +222,15 @@ def _add_crossings(
             continue
         offset = torch.arange(pair.numel(), device=U.device) - (starts.index_select(0, pair) - starts[p0])
         r = cand_r.index_select(0, first.index_select(0, pair) + offset)
+        # Only units on at the probe move (ReLU: σ'_ir = [u_ir > 0]): keep those candidates, about half.
+        u_i = U_flat.index_select(0, (pair // n + b.start) * m + r)
+        on = torch.nonzero(u_i > 0).squeeze(1)
+        pair, r, h_ir = pair.index_select(0, on), r.index_select(0, on), u_i.index_select(0, on)
         i_local, j = pair // n, pair % n
         i = i_local + b.start
-        ir = i * m + r
-        u_i = U_flat.index_select(0, ir)  # ReLU: σ'_ir and h_ir from u_ir
-        d_ir, h_ir = (u_i > 0).to(U.dtype), u_i.clamp_min(0)
         si, ar = s.index_select(0, i), a.index_select(0, r)
         u = U_flat.index_select(0, j * m + r)
-        new = u - si * E_flat.index_select(0, i_local * n + j) * ar * d_ir
+        new = u - si * E_flat.index_select(0, pair) * ar
         down, up = (u > 0) & (new <= 0), (u <= 0) & (new > 0)
         value = torch.where(down, new, torch.where(up, -new, torch.zeros_like(new))) / si
         Q.view(-1).index_add_(0, i * n + j, (ar - si * h_ir) * value)
