@@ -40,6 +40,8 @@ CASES: dict[str, dict] = {
         "method": "spectral",
         "repeats": 2,
     },
+    "n8000_relative_step": {"n": 8000, "kind": "relative", "step": 0.01},
+    "n2000_trajectory": {"n": 2000, "step": 1e-5, "schedule": "trajectory"},
 }
 QUICK = ("n4000",)
 
@@ -55,6 +57,7 @@ def case_spec(case: dict) -> dict:
             "step": case.get("step", 0.0),
             "normalize": case.get("normalize", False),
             "repeats": case.get("repeats", 1),
+            "schedule": case.get("schedule", "fixed"),
         },
         "clustering": {"k": 2, "method": case.get("method", "auto")},
     }

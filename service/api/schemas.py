@@ -182,6 +182,10 @@ class DatasetsOut(BaseModel):
 class TileProgress(BaseModel):
     """How far a sharded job's tiles are."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"done": 120, "total": 325, "per_second": 2.4, "eta_seconds": 85.4}]}
+    )
+
     done: int = Field(ge=0, description="Tiles written.")
     total: int = Field(ge=1, description="Tiles planned.")
     per_second: float = Field(ge=0, description="Tiles written per second since the tiles were queued.")

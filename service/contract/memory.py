@@ -8,7 +8,8 @@ the model. On top, one stage at a time (M = 4 n² bytes, the float32 n × n simi
 
     similarity   the repeats' running sums (none for one repeat; M, or 2M with normalize), the new
                  matrix M, the engine's own n × n temporaries (2M for the η → 0 limit and the
-                 activation kind; 12M for steps η > 0, whose rows are float64) and its work buffers,
+                 activation kind; 3M for a fixed-θ step η > 0, whose rows are overwritten in place;
+                 5M for the trajectory, whose rows and logits are float64) and its work buffers,
                  and the hidden activations of the examples
     analysis     (synthetic builtins) the raw mean, plus the paired within-class vectors (≤ M)
     clustering   S, plus one n × n copy for kmeans, spectral, or an asymmetric kernel_kmeans
@@ -80,6 +81,7 @@ def estimate_job_memory(
     step: float,
     repeats: int,
     normalize: bool,
+    trajectory: bool = False,
     symmetrize: bool,
     synthetic: bool,
     method: str | None,
@@ -99,7 +101,10 @@ def estimate_job_memory(
     }
     per_repeat = normalize and repeats > 1
     held = 0 if repeats == 1 else (M if not per_repeat else (2 * M if synthetic else M))
-    engine = 2 * M if kind == "activation" or step == 0 else 12 * M
+    if kind == "activation" or step == 0:
+        engine = 2 * M
+    else:
+        engine = 5 * M if trajectory else 3 * M
     stages = {
         "similarity": {
             "n × n matrices": held + M + engine,
@@ -152,6 +157,7 @@ def estimate_spec_memory(
         step=sim.step,
         repeats=sim.repeats,
         normalize=sim.normalize,
+        trajectory=sim.schedule == "trajectory",
         symmetrize=sim.symmetrize,
         synthetic=not isinstance(spec.dataset, str) and spec.dataset.builtin != "digits",
         method=spec.clustering_method(),

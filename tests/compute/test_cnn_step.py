@@ -71,15 +71,16 @@ def rel_err(S, R):
     return float(np.abs(S - R).max() / np.abs(R).max())
 
 
-@pytest.fixture(scope="module", params=list(SHAPES))
-def case(request):
-    shape, n = SHAPES[request.param]
+def cnn_case(name):
+    """(a CNN, its images) of the SHAPES entry `name`."""
+    shape, n = SHAPES[name]
     return build_model(CNNModel(arch="cnn"), shape, seed=2), images(shape, n)
 
 
+@pytest.mark.parametrize("name", list(SHAPES))
 @pytest.mark.parametrize("loss", ["mse", "bce"])
-def test_the_cnn_exact_step_matches_the_float64_loop(case, loss, monkeypatch):
-    model, X = case
+def test_the_cnn_exact_step_matches_the_float64_loop(name, loss, monkeypatch):
+    model, X = cnn_case(name)
     monkeypatch.setattr(sim, "_generic_rows", None)  # the CNN must not take the generic path
     before = [p.detach().clone() for p in model.parameters()]
     for step in STEPS:
@@ -112,10 +113,11 @@ def conv1_pattern(model64, params, X64):
     return u > 0, argmax
 
 
-def test_the_large_step_flips_relus_and_moves_pool_argmaxes(case):
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_the_large_step_flips_relus_and_moves_pool_argmaxes(name):
     """At step 1.0 (where the float64 comparison above also holds) some conv1 ReLUs flip and some pool
     windows change their argmax, so the case analysis of the differences is exercised."""
-    model, X = case
+    model, X = cnn_case(name)
     model64 = build_like(model).double()
     X64 = X.double().reshape(X.shape[0], *model.image)
     with torch.no_grad():

@@ -280,3 +280,30 @@ def test_the_exact_step_reports_progress_in_order(monkeypatch):
     fractions = [f for f, _ in reports]
     assert any("crossings" in m for _, m in reports), reports
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+@pytest.mark.parametrize("kind", ["kernelized", "relative"])
+def test_rows_become_the_similarity_in_place_as_the_float64_formula_says(kind, loss, monkeypatch):
+    import workers.compute.functional as functional
+
+    monkeypatch.setattr(functional, "_ROW_BLOCK_ENTRIES", 40)  # several row blocks
+    g = torch.Generator().manual_seed(4)
+    n = 13
+    Q = torch.randn(n, n, generator=g)
+    z = torch.randn(n, generator=g, dtype=torch.float64)
+    s = torch.randn(n, generator=g, dtype=torch.float64) * 0.3
+    s[3] = 0.0  # a row at the limit
+    Q64 = Q.double()
+    if loss == "bce":  # Δf / (−s_i) from the sigmoid's own difference, in float64
+        f = torch.sigmoid(z)
+        R = (torch.sigmoid(z[None, :] - s[:, None] * Q64) - f[None, :]) / (-s[:, None]).where(s[:, None] != 0, 1.0)
+        R[3] = (f * (1 - f))[None, :] * Q64[3]
+        w = f * (1 - f)
+    else:
+        R, w = Q64, torch.ones(n, dtype=torch.float64)
+    expected = (w[:, None] * R) if kind == "kernelized" else R.abs() / R.diagonal().abs()[:, None]
+    pointer = Q.data_ptr()
+    got = functional.rows_to_similarity(Q, z, s, kind=kind, loss=loss)
+    assert got.data_ptr() == pointer  # no n × n copy
+    assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()))

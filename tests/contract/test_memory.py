@@ -44,7 +44,8 @@ def test_each_repeat_option_adds_what_it_holds():
     assert total(repeats=20) - total() == M  # one running sum, whatever the count
     assert total(repeats=2, normalize=True) - total() == 2 * M  # raw and normalised sums (synthetic)
     assert total(repeats=2, normalize=True, synthetic=False) - total() == M
-    assert total(step=0.01) - total() == 10 * M  # float64 rows of the exact step
+    assert total(step=0.01) - total() == M  # the exact step's rows, overwritten in place by the kind
+    assert total(step=0.01, trajectory=True) - total() == 3 * M  # the trajectory's float64 rows and logits
 
 
 def test_width_drives_the_hidden_activations_and_names_the_driver():

@@ -43,26 +43,34 @@ def sigmoid_difference(z: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
     return torch.tanh(dz / 2) * (1 - torch.tanh(z / 2) * torch.tanh((z + dz) / 2)) / 2
 
 
+#: Entries of the float64 temporaries of one block of rows in `rows_to_similarity` (bce).
+_ROW_BLOCK_ENTRIES = 2**22
+
+
 def rows_to_similarity(Q: torch.Tensor, z_base: torch.Tensor, s: torch.Tensor, *, kind: str, loss: str) -> torch.Tensor:
-    """Similarity rows from Q [n, n] (Q_ij = Δz_ij / (−s_i), or K_z(i, j) where s_i = 0).
+    """Similarity rows from Q [n, n] (Q_ij = Δz_ij / (−s_i), or K_z(i, j) where s_i = 0), in place.
 
     z_base: logits before the step, [n] (same θ for every row) or [n, n] (row i's θ). s [n].
     kernelized: Δf_ij / (−η ∂L/∂f at (x_i, 1)); relative: |Δf_ij| / |Δf_ii| (workers/compute/kinds.py).
-    Returns [n, n].
+    Returns Q, overwritten: no n × n temporary (bce reads the sigmoid's differences in float64 a block
+    of rows at a time).
     """
     finish = step_kind(kind).from_rows
     zb = z_base if z_base.dim() == 2 else z_base.unsqueeze(0)
     zi = torch.diagonal(z_base) if z_base.dim() == 2 else z_base
-    Q = Q.to(zb.dtype)
     if loss == "bce":
-        step = s.unsqueeze(1)
-        zero = step == 0
-        safe = torch.where(zero, torch.ones_like(step), step)
-        R = sigmoid_difference(zb, -safe * Q) / (-safe)
-        R = torch.where(zero, dfdz(zb, loss) * Q, R)  # the η → 0 limit of Δf / (−s_i)
-    else:
-        R = Q
-    return finish(R, dfdz(zi, loss))
+        n = Q.shape[0]
+        block = max(1, _ROW_BLOCK_ENTRIES // max(1, Q.shape[1]))
+        for start in range(0, n, block):
+            rows = slice(start, min(n, start + block))
+            z_rows = zb[rows] if zb.shape[0] > 1 else zb
+            step = s[rows].to(zb.dtype).unsqueeze(1)
+            zero = step == 0
+            safe = torch.where(zero, torch.ones_like(step), step)
+            q = Q[rows].to(zb.dtype)
+            R = sigmoid_difference(z_rows, -safe * q) / (-safe)
+            Q[rows] = torch.where(zero, dfdz(z_rows, loss) * q, R)  # the η → 0 limit of Δf / (−s_i)
+    return finish(Q, dfdz(zi, loss))
 
 
 def float64_params(model: nn.Module) -> Params:

@@ -2,7 +2,7 @@
 
 A step kind reads the prediction changes of SGD steps. `from_rows` turns rows R [n, n],
 R_ij = Δf_ij / (−s_i) with s_i = η · ∂L/∂z at the stepped example x_i, and w [n] = ∂f/∂z at x_i into
-S [n, n]; `from_limit` turns their η → 0 limit K_f [n, n] (K_f = w_i w_j K_z) into S, in place.
+S [n, n] in place; `from_limit` turns their η → 0 limit K_f [n, n] (K_f = w_i w_j K_z) into S, in place.
 
 A direct kind computes S [n, n] from the model and the examples X [n, *input_shape].
 """
@@ -27,8 +27,8 @@ class StepKind:
 
 
 def _kernelized_rows(R: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """S_ij = Δf_ij / (−η ∂L/∂f at (x_i, 1)) = w_i R_ij."""
-    return w.unsqueeze(1) * R
+    """S_ij = Δf_ij / (−η ∂L/∂f at (x_i, 1)) = w_i R_ij, in place on R."""
+    return R.mul_(w.to(R.dtype).unsqueeze(1))
 
 
 def _kernelized_limit(K_f: torch.Tensor) -> torch.Tensor:
@@ -37,9 +37,8 @@ def _kernelized_limit(K_f: torch.Tensor) -> torch.Tensor:
 
 
 def _relative_rows(R: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """S_ij = |Δf_ij| / |Δf_ii| (rows with Δf_ii = 0 are 0)."""
-    diag = torch.diagonal(R).abs().unsqueeze(1)
-    return torch.where(diag > 0, R.abs() / torch.where(diag > 0, diag, 1), torch.zeros_like(R))
+    """S_ij = |Δf_ij| / |Δf_ii| = |R_ij| / |R_ii| (w_i cancels), in place on R (rows with R_ii = 0 are 0)."""
+    return _relative_limit(R)
 
 
 def _relative_limit(K_f: torch.Tensor) -> torch.Tensor:
