@@ -179,39 +179,37 @@ def enqueue_reduce(conn: redis.Redis, settings: CommonSettings, job_id: str, *, 
     return True
 
 
-# Remove from a queue list (KEYS[1]) every entry starting with ARGV[1] (a job's tiles and reduce step),
-# keeping the others in order; returns the removed ids. One script: no worker pops a half-filtered list.
+# Delete each of KEYS (RQ job hashes) whose status is still `queued`; returns how many. A worker that
+# pops such a job's id from the queue finds no job and moves on (RQ skips ids without a hash), so no
+# work-horse starts for it. Ids already popped and started keep their hash and stop by their watchdog.
 _DROP_QUEUED = """
-local ids = redis.call('LRANGE', KEYS[1], 0, -1)
-local kept, dropped = {}, {}
-local prefix = ARGV[1]
-for i = 1, #ids do
-  if string.sub(ids[i], 1, #prefix) == prefix then dropped[#dropped + 1] = ids[i] else kept[#kept + 1] = ids[i] end
-end
-if #dropped == 0 then return dropped end
-redis.call('DEL', KEYS[1])
-for i = 1, #kept, 1000 do
-  redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
+local dropped = 0
+for i = 1, #KEYS do
+  if redis.call('HGET', KEYS[i], 'status') == 'queued' then
+    redis.call('DEL', KEYS[i])
+    dropped = dropped + 1
+  end
 end
 return dropped
 """
+#: RQ jobs looked at by one call of the drop script (bounds how long one call holds the server).
+DROP_CHUNK = 1000
 
 
-def drop_queued(conn: redis.Redis, settings: CommonSettings, job_id: str) -> int:
-    """Take every queued tile and reduce step of job `job_id` off the tile queue and delete their RQ jobs
-    (a canceled job's tiles never start); returns how many were queued. Tiles already running stop on
-    their own: their watchdog sees the job's status."""
-    queue = _queue(conn, settings)
-    dropped = [
-        m.decode() if isinstance(m, bytes) else str(m) for m in conn.eval(_DROP_QUEUED, 1, queue.key, f"{job_id}-")
-    ]
-    with conn.pipeline() as pipe:
-        for start in range(0, len(dropped), 1000):
-            chunk = dropped[start : start + 1000]
-            pipe.delete(*[Job.key_for(rq_id) for rq_id in chunk])
-            pipe.srem(Group.get_key(job_id), *chunk)
-        pipe.execute()
-    return len(dropped)
+def drop_queued(conn: redis.Redis, job_id: str, plan_info: dict[str, Any]) -> int:
+    """Delete the RQ jobs of job `job_id`'s tiles and reduce step that no worker has started (a canceled
+    job's tiles never start); returns how many there were. Costs O(tiles), never a scan of the queue:
+    the ids left in the queue are skipped by workers at no cost."""
+    tiles = plan(
+        int(plan_info["n_rows"]), int(plan_info["n_cols"]), int(plan_info["block"]), square=bool(plan_info["square"])
+    )
+    ids = [tile_job_id(job_id, i, j) for i, j in tiles] + [reduce_job_id(job_id)]
+    dropped = 0
+    for start in range(0, len(ids), DROP_CHUNK):
+        chunk = [Job.key_for(rq_id) for rq_id in ids[start : start + DROP_CHUNK]]
+        dropped += int(conn.eval(_DROP_QUEUED, len(chunk), *chunk))
+    conn.delete(Group.get_key(job_id))
+    return dropped
 
 
 def write_plan(conn: redis.Redis, job_id: str, info: dict[str, Any]) -> None:

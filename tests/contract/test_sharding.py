@@ -26,13 +26,25 @@ def test_tile_progress_reports_rate_and_time_left():
     assert none_yet["eta_seconds"] is None and none_yet["per_second"] == 0
 
 
-def test_drop_queued_removes_only_that_jobs_tiles_and_keeps_the_order(settings, redis_conn):
+def test_drop_queued_deletes_only_that_jobs_queued_tiles_and_workers_skip_their_ids(settings, redis_conn):
+    info = {"n_rows": 6, "n_cols": 6, "block": 2, "square": True}
     sharding.enqueue_tiles(redis_conn, settings, JOB, sharding.plan(6, 6, 2, square=True), result_ttl=60)
     sharding.enqueue_tiles(redis_conn, settings, OTHER, [(0, 0), (0, 1)], result_ttl=60)
-    queue = Queue(sharding.tile_queue_name(settings), connection=redis_conn, serializer=JSONSerializer)
-    assert queue.count == 8
-    assert sharding.drop_queued(redis_conn, settings, JOB) == 6
-    assert queue.job_ids == [sharding.tile_job_id(OTHER, 0, 0), sharding.tile_job_id(OTHER, 0, 1)]
+    started = Job.fetch(sharding.tile_job_id(JOB, 0, 1), connection=redis_conn, serializer=JSONSerializer)
+    started.set_status("started")  # a worker runs this one: it keeps its job and stops by its watchdog
+    assert sharding.drop_queued(redis_conn, JOB, info) == 5
     assert not redis_conn.exists(Job.key_for(sharding.tile_job_id(JOB, 0, 0)))
-    assert redis_conn.scard(Group.get_key(JOB)) == 0
-    assert sharding.drop_queued(redis_conn, settings, JOB) == 0
+    assert redis_conn.exists(Job.key_for(sharding.tile_job_id(JOB, 0, 1)))
+    assert redis_conn.exists(Job.key_for(sharding.tile_job_id(OTHER, 0, 0)))
+    assert not redis_conn.exists(Group.get_key(JOB))
+    # The ids still in the queue lead nowhere: a dequeue skips them and returns the other job's tiles.
+    queue = Queue(sharding.tile_queue_name(settings), connection=redis_conn, serializer=JSONSerializer)
+    popped = []
+    while (found := Queue.dequeue_any([queue], None, connection=redis_conn, serializer=JSONSerializer)) is not None:
+        popped.append(found[0].id)
+    assert popped == [
+        sharding.tile_job_id(JOB, 0, 1),
+        sharding.tile_job_id(OTHER, 0, 0),
+        sharding.tile_job_id(OTHER, 0, 1),
+    ]
+    assert sharding.drop_queued(redis_conn, JOB, info) == 0

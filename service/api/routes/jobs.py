@@ -240,11 +240,10 @@ def delete_job(
     job_id: str,
     conn: RedisDep,
     data_dir: DataDirDep,
-    settings: SettingsDep,
     tenant: TenantDep,
     purge: Annotated[bool, Query(description="Delete a final job's record and files.")] = False,
 ) -> Any:
     if purge:
         purge_job(conn, data_dir, job_id, tenant)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return cancel_job(conn, data_dir, settings, job_id, tenant)
+    return cancel_job(conn, data_dir, job_id, tenant)

@@ -11,20 +11,19 @@ from service.api.schemas import JobOut
 from service.api.usecases.queries import owned_job
 from service.contract import queue, records, sharding
 from service.contract.jobstate import FINAL
-from service.contract.settings import CommonSettings
 from service.contract.storage import DataDir
 
 
-def cancel_job(conn: redis.Redis, data_dir: DataDir, settings: CommonSettings, job_id: str, tenant: str) -> JobOut:
+def cancel_job(conn: redis.Redis, data_dir: DataDir, job_id: str, tenant: str) -> JobOut:
     """Cancel the tenant's queued or running job (a running one is stopped); returns it. Conflict once final.
 
-    A sharded job whose tiles are queued loses them at once (no tile of it starts after this) and its
-    files go: a tile still running finds the folder gone and the job canceled, and stops."""
+    A sharded job's queued tiles are dropped at once (no tile of it starts after this) and its files
+    go: a tile still running finds the folder gone and the job canceled, and stops."""
     record = owned_job(conn, job_id, tenant)
     canceled, before = queue.cancel(conn, job_id)
     plan = sharding.read_plan(conn, job_id) if canceled else None
     if plan is not None and plan.get("fanned_out"):
-        sharding.drop_queued(conn, settings, job_id)
+        sharding.drop_queued(conn, job_id, plan)
         data_dir.remove_job(job_id)
     if not canceled:
         raise Conflict(
