@@ -135,3 +135,14 @@ def test_the_cross_kernel_of_linear_nets_assembles_the_whole_matrix(depth, kind)
     expected = whole(model, data(), **dict(options))
     got = assembled(model, data(), 6, **options)
     assert np.abs(got - expected).max() <= 1e-6 * np.abs(expected).max()
+
+
+def test_neighbors_of_a_read_only_memory_mapped_matrix(tmp_path):
+    from workers.compute.tiles import neighbors
+
+    S = np.random.default_rng(5).random((9, 9)).astype(np.float32)
+    np.save(tmp_path / "S.npy", S)
+    mapped = np.load(tmp_path / "S.npy", mmap_mode="r")
+    columns, values = neighbors(mapped, 3, exclude_self=True, rows_per_block=4)
+    assert np.array_equal(columns, reference_topk(S, 3, exclude_self=True))
+    assert np.array_equal(values, np.take_along_axis(S, columns.astype(np.int64), axis=1))

@@ -133,7 +133,9 @@ def topk(
     descending, ties by the lower column. exclude: row i's column exclude + i is left out (the example
     itself on a diagonal tile). A tensor is ranked on its own device (a GPU tile's [r, c] block never
     crosses to the host); only the [r, k'] lists come back."""
-    block = torch.as_tensor(values).float()
+    if isinstance(values, np.ndarray):  # a copy of the block: a memory-mapped matrix may be read-only
+        values = torch.from_numpy(np.array(values, dtype=np.float32))
+    block = values.float()
     r, c = block.shape
     if exclude is not None and r and c:
         rows = torch.arange(r, device=block.device)
