@@ -331,6 +331,25 @@ def similarity(
     X_aux [m, ...] (y = 0) and seed are used by schedule "trajectory" only. Runs on the model's
     device; the model is not modified.
     """
+    S = similarity_tensor(
+        model, X, kind=kind, step=step, loss=loss, schedule=schedule, X_aux=X_aux, seed=seed, progress=progress
+    )
+    return S.to("cpu").numpy()
+
+
+def similarity_tensor(
+    model: nn.Module,
+    X: torch.Tensor,
+    *,
+    kind: str,
+    step: float,
+    loss: str,
+    schedule: str = "fixed",
+    X_aux: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """`similarity` as a float32 tensor left on the model's device (a GPU tile never crosses to the host)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if schedule not in ("fixed", "trajectory"):
@@ -341,7 +360,7 @@ def similarity(
         )
     if progress is not None:
         progress(1.0, "similarity done")
-    return S.detach().to("cpu", torch.float32).numpy()
+    return S.detach().to(torch.float32)
 
 
 def _similarity(
@@ -384,4 +403,13 @@ def _similarity(
     return S
 
 
-__all__ = ["KINDS", "RepeatMean", "activation_similarity", "dfdz", "postprocess", "postprocess_", "similarity"]
+__all__ = [
+    "KINDS",
+    "RepeatMean",
+    "activation_similarity",
+    "dfdz",
+    "postprocess",
+    "postprocess_",
+    "similarity",
+    "similarity_tensor",
+]

@@ -54,8 +54,7 @@ def tile_similarity(
         upper, lower, diag = _closed_form_cross(model, X_rows, X_cols.to(X_rows), kind=kind, loss=loss)
     else:
         union = torch.cat([X_rows, X_cols.to(X_rows)])
-        whole_raw = similarity.similarity(model, union, kind=kind, step=step, loss=loss, progress=progress)
-        union_raw = torch.from_numpy(np.asarray(whole_raw, dtype=np.float32)).to(device)
+        union_raw = similarity.similarity_tensor(model, union, kind=kind, step=step, loss=loss, progress=progress)
         upper, lower, diag = union_raw[:r, r:], union_raw[r:, :r], torch.diagonal(union_raw)
     if symmetrize:
         upper = (upper + lower.t()).mul_(0.5)
