@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import multiprocessing as mp
+import os
 import resource
 import sys
 import time
@@ -387,7 +388,7 @@ def section_e(args):
     n = 300 if args.quick else 2000
     print(
         f"\n(e) cnn limit (step 0) on 28 x 28 images (n={n}, uniform [0, 1) pixels, default init seed 0), "
-        "each in a fresh process"
+        f"each in a fresh process (load average {os.getloadavg()[0]:.2f} at the start)"
     )
     rows = min(n, args.ref_rows * 2)
     ours = measured("cnn_limit", n=n, device=args.device)

@@ -97,6 +97,41 @@ def test_structured_blocks_and_recomputed_tiles_give_the_same_kernel():
     torch.testing.assert_close(whole, autograd_loop(model, X), rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("syrk", [True, False], ids=["syrk", "products"])
+def test_structured_row_groups_and_panels_give_the_autograd_kernel(monkeypatch, syrk):
+    from workers.compute import structured
+
+    model, X = model64(CNNModel(arch="cnn"), (1, 16, 16)), data(11, (1, 16, 16))
+    expected = autograd_loop(model, X)
+    # several syrk row groups, Linear-term panels and feature blocks, each with a ragged last one
+    monkeypatch.setattr(structured, "_SYRK_ROWS", 4)
+    monkeypatch.setattr(structured, "_PANEL", 3)
+    monkeypatch.setattr(structured, "_PATCH_BYTES", 1)
+    if not syrk:
+        monkeypatch.setattr(structured, "_syrk_lower", lambda Fi, K: False)
+    block = structured.block_features(model, X[:1]).nbytes()
+    K = structured.structured_ntk(model, X, work_bytes=block * 8)
+    assert torch.equal(K, K.T)
+    torch.testing.assert_close(K, expected, rtol=1e-11, atol=1e-11)
+
+
+def test_structured_columns_zero_over_the_first_block_are_kept_apart_or_dropped():
+    from workers.compute import structured
+
+    model, X = model64(CNNModel(arch="cnn"), (1, 16, 16)), data(11, (1, 16, 16))
+    with torch.no_grad():
+        model.conv2.bias[3] = -1e6  # a channel that no example activates: its columns are dropped
+    X[:5] = 0  # conv1's weight gradients vanish over the first block only: kept apart, then multiplied
+    block = structured.block_features(model, X[:1]).nbytes()
+    assert structured._block_size(model, X, block * 8) == 5
+    every = structured._all_features(model, X, 5)
+    widths = [part.shape[1] for part in every.parts]
+    per_channel = model.conv2.weight[0].numel() + 1
+    assert len(widths) == 2 and sum(widths) <= structured.conv_feature_width(model) - per_channel
+    K = structured.structured_ntk(model, X, work_bytes=block * 8)
+    torch.testing.assert_close(K, autograd_loop(model, X), rtol=1e-11, atol=1e-11)
+
+
 def test_structured_float32_is_within_1e_5_of_float64_and_reports_progress(monkeypatch):
     from workers.compute import progress as progress_module
 
