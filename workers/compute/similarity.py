@@ -17,6 +17,7 @@ part is in kinds.py.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -314,27 +315,10 @@ def _generic_rows(
     return Q
 
 
-def similarity(
-    model: nn.Module,
-    X: torch.Tensor,
-    *,
-    kind: str,
-    step: float,
-    loss: str,
-    schedule: str = "fixed",
-    X_aux: torch.Tensor | None = None,
-    seed: int = 0,
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """Raw similarity S [n, n] float32 over the primary examples X [n, *input_shape] (all y = 1).
-
-    X_aux [m, ...] (y = 0) and seed are used by schedule "trajectory" only. Runs on the model's
-    device; the model is not modified.
-    """
-    S = similarity_tensor(
-        model, X, kind=kind, step=step, loss=loss, schedule=schedule, X_aux=X_aux, seed=seed, progress=progress
-    )
-    return S.to("cpu").numpy()
+def similarity(model: nn.Module, X: torch.Tensor, **options: Any) -> np.ndarray:
+    """Raw similarity S [n, n] float32 over the primary examples X [n, *input_shape] (all y = 1), on the
+    host: `similarity_tensor` (same options) moved to the CPU."""
+    return similarity_tensor(model, X, **options).to("cpu").numpy()
 
 
 def similarity_tensor(
@@ -349,7 +333,11 @@ def similarity_tensor(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """`similarity` as a float32 tensor left on the model's device (a GPU tile never crosses to the host)."""
+    """Raw similarity S [n, n] float32 over the primary examples X [n, *input_shape] (all y = 1), left on
+    the model's device (a GPU tile never crosses to the host).
+
+    X_aux [m, ...] (y = 0) and seed are used by schedule "trajectory" only. The model is not modified.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if schedule not in ("fixed", "trajectory"):
