@@ -109,6 +109,9 @@ def test_nystrom_features_with_every_landmark_reproduce_a_kernel():
     marks = choose_landmarks(40, 10, seed=0)
     assert marks.size == 10 and np.all(np.diff(marks) > 0)
     assert np.allclose(nystrom_features(K[:, marks], marks) @ nystrom_features(K[:, marks], marks).T, K)
+    blocked = nystrom_features(K[:, marks], marks, dtype=np.float32, rows=7)  # several row blocks, float32
+    assert blocked.dtype == np.float32
+    assert np.allclose(blocked, nystrom_features(K[:, marks], marks), rtol=1e-5, atol=1e-5)
 
 
 def test_knn_spectral_separates_two_blobs_and_its_graph_is_symmetric():

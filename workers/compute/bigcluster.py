@@ -24,16 +24,28 @@ def choose_landmarks(n: int, count: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False)).astype(np.int64)
 
 
-def nystrom_features(C: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """Φ [n, r] float64 with Φ Φᵀ = C W⁺ Cᵀ, W = C[landmarks] (symmetrised); r ≤ l kept eigenvalues."""
-    C = np.asarray(C, dtype=np.float64)
-    W = C[landmarks]
+#: Rows of C turned into features at once (bounds the float64 temporaries of `nystrom_features`).
+_FEATURE_ROWS = 65_536
+
+
+def nystrom_features(
+    C: np.ndarray, landmarks: np.ndarray, *, dtype: type[np.floating] = np.float64, rows: int = _FEATURE_ROWS
+) -> np.ndarray:
+    """Φ [n, r] in `dtype` with Φ Φᵀ = C W⁺ Cᵀ, W = C[landmarks] (symmetrised); r ≤ l kept eigenvalues.
+
+    The projection is computed in float64 from the l × l block; C is projected a block of `rows` rows
+    at a time, so the memory is C plus Φ, never a float64 copy of either."""
+    W = np.asarray(C[landmarks], dtype=np.float64)
     W = (W + W.T) / 2
     eigenvalues, vectors = np.linalg.eigh(W)
     keep = eigenvalues > max(float(eigenvalues.max()), 0.0) * 1e-8
     if not keep.any():
         raise ValueError("the landmark block has no positive eigenvalue: the similarity is not a kernel here")
-    features: np.ndarray = (C @ vectors[:, keep]) / np.sqrt(eigenvalues[keep])
+    projection = vectors[:, keep] / np.sqrt(eigenvalues[keep])  # [l, r]
+    features = np.empty((C.shape[0], projection.shape[1]), dtype=dtype)
+    for start in range(0, C.shape[0], rows):
+        block = slice(start, start + rows)
+        features[block] = np.asarray(C[block], dtype=np.float64) @ projection
     return features
 
 
@@ -43,7 +55,7 @@ def nystrom_kernel_kmeans(
     """(labels int64 [n], parameters) of mini-batch k-means on the Nyström features of C = S[:, landmarks]."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    features = nystrom_features(C, landmarks).astype(np.float32)
+    features = nystrom_features(C, landmarks, dtype=np.float32)
     best: Any = None
     for restart in range(n_init):
         # Each restart: mini-batch k-means, then Lloyd passes from its centres (mini-batch steps alone stop
