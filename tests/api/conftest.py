@@ -8,8 +8,6 @@ seeded      module: ids of a dataset and a canceled job that exist on that API
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +16,12 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
-import uvicorn
 from fastapi.testclient import TestClient
 from schemathesis.config import CacheConfig, SchemathesisConfig
 
 from service.api import auth
-from service.api.app import create_app
 from service.contract.settings import Settings
-from tests.factories import DIGITS_3_5, app_client, free_port, npz_bytes
+from tests.factories import DIGITS_3_5, app_client, live_api, npz_bytes
 
 
 @pytest.fixture
@@ -46,20 +42,8 @@ def api_url(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         rate_limit_per_minute=1_000_000,
         max_upload_bytes=1024**2,
     )
-    port = free_port()
-    config = uvicorn.Config(create_app(app_settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
+    with live_api(app_settings, log_level="warning") as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import json
 import logging
 import socket
 import struct
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -19,15 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 
 from service.api import auth
-from service.api.app import create_app
 from service.api.errors import Conflict, InvalidInput
 from service.api.usecases import datasets as dataset_usecases
 from service.api.usecases import submit as submit_usecases
 from service.contract import jobstate, records
-from service.contract.settings import Settings
 from service.contract.spec import JobSpec
 from service.contract.storage import DataDir
 from tests.factories import (
@@ -36,7 +32,7 @@ from tests.factories import (
     assert_names,
     blobs_npz,
     csv_bytes,
-    free_port,
+    live_api,
     npy_bytes,
     npz_bytes,
     safetensors_bytes,
@@ -45,27 +41,6 @@ from tests.factories import (
 )
 
 # ----------------------------------------------------------------------------------- live server
-
-
-@contextlib.contextmanager
-def live_api(settings: Settings) -> Iterator[int]:
-    """create_app(settings) under a real uvicorn (access log on, propagating to the root); yields the port."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=True, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def raw_exchange(port: int, head: bytes, body: bytes = b"", *, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -95,7 +70,7 @@ def _length(data: bytes) -> int:
 def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(settings, tmp_path):
     keys_file = tmp_path / "keys"
     key = auth.create_key(keys_file, "alice")
-    with live_api(settings.model_copy(update={"api_keys_file": keys_file})) as port:
+    with live_api(settings.model_copy(update={"api_keys_file": keys_file}), log_config=None, access_log=True) as port:
         # 200 MB announced, not one byte of it sent: the answer comes anyway.
         head = (
             b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200000000\r\n\r\n"
@@ -397,7 +372,7 @@ def test_malformed_range_headers_are_ignored(client, settings, redis_conn):
 def test_no_query_string_reaches_a_log(settings, caplog):
     access = logging.getLogger("uvicorn.access")
     level = access.level
-    with caplog.at_level(logging.INFO), live_api(settings) as port:
+    with caplog.at_level(logging.INFO), live_api(settings, log_config=None, access_log=True) as port:
         access.setLevel(logging.INFO)  # as a deployment with uvicorn's access log on would have it
         try:
             head = b"GET /v1/jobs?cursor=secret-token-123&limit=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
