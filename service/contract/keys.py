@@ -28,6 +28,9 @@ so they never change::
     lelastic:dataset:<id>  (dataset)                hash    API          id, tenant, kind ("dataset" |
                                                                          "weights"), name, meta (JSON), created_at
     lelastic:datasets:<tenant>  (datasets_index)    zset    API          dataset id -> creation time
+    lelastic:storage-reservations:<tenant>          hash    API          dataset id -> "<bytes> <expiry unix
+        (storage_reservations)                                           seconds>": uploads in progress, counted
+                                                                         against the tenant's storage quota
     lelastic:active:<tenant>  (active_jobs)         zset    API          queued + running job id -> creation time
                                                                          (minus the admission time while its
                                                                          record is being created)
@@ -97,6 +100,11 @@ def dataset(dataset_id: str) -> str:
 def datasets_index(tenant: str) -> str:
     """The tenant's upload ids by creation time."""
     return f"{PREFIX}datasets:{tenant}"
+
+
+def storage_reservations(tenant: str) -> str:
+    """The bytes the tenant's uploads in progress have reserved of its storage quota (by dataset id)."""
+    return f"{PREFIX}storage-reservations:{tenant}"
 
 
 def active_jobs(tenant: str) -> str:

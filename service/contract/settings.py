@@ -88,6 +88,12 @@ class ApiSettings(CommonSettings):
     max_tenant_storage_bytes: int = Field(
         default=20 * 1024**3, ge=1024, description="Bytes of stored datasets and weights one tenant may keep."
     )
+    upload_reservation_seconds: int = Field(
+        default=3600,
+        ge=60,
+        description="Seconds an upload in progress holds its bytes of the tenant's storage quota unless it ends "
+        "first (the reservation of an API process that died lapses then).",
+    )
     max_weight_tensors: int = Field(default=4096, ge=1, description="Most tensors in an uploaded .safetensors file.")
     max_safetensors_header_bytes: int = Field(
         default=1024**2, ge=1024, description="Largest JSON header of an uploaded .safetensors file, in bytes."

@@ -28,6 +28,7 @@ def test_every_key_is_the_known_string():
     assert keys.jobs_index("alice") == "lelastic:jobs:alice"
     assert keys.dataset("cd34") == "lelastic:dataset:cd34"
     assert keys.datasets_index("alice") == "lelastic:datasets:alice"
+    assert keys.storage_reservations("alice") == "lelastic:storage-reservations:alice"
     assert keys.active_jobs("alice") == "lelastic:active:alice"
     assert keys.rate("alice", 29_000_000) == "lelastic:rate:alice:29000000"
     digest = hashlib.sha256(b"my-key").hexdigest()
@@ -49,6 +50,7 @@ def test_scan_patterns_and_ids():
     assert keys.id_in("lelastic:jobs:alice", keys.job) is None
     assert keys.id_in("lelastic:job:", keys.job) is None
     assert keys.id_in("lelastic:datasets:alice", keys.datasets_index) == "alice"
+    assert keys.id_in("lelastic:storage-reservations:alice", keys.storage_reservations) == "alice"
 
 
 def npz_bytes() -> bytes:

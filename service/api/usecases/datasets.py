@@ -6,19 +6,19 @@ import contextlib
 import functools
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import numpy as np
 import redis
 from fastapi import status
 
-from service.api import idempotency, limits, uploads
-from service.api.errors import Conflict, InvalidInput, PayloadTooLarge
+from service.api import idempotency, limits, quota, uploads
+from service.api.errors import Conflict, InvalidInput
 from service.api.retention import active_jobs_by_upload, delete_upload_if_unused
 from service.api.schemas import DatasetOut
 from service.api.usecases.queries import owned_dataset
-from service.contract import keys, queue, records
+from service.contract import queue, records
 from service.contract.jobstate import ACTIVE
 from service.contract.settings import Settings
 from service.contract.storage import DataDir, atomic_open
@@ -80,41 +80,48 @@ def _create_once(
 def _create(
     conn: redis.Redis, data_dir: DataDir, settings: Settings, tenant: str, upload: uploads.ReceivedUpload
 ) -> DatasetOut:
-    """Parse, check and store the upload, then record it (its files are removed if anything fails)."""
+    """Parse, check and store the upload, then record it (its files are removed if anything fails).
+
+    Its reservation of the tenant's storage quota is held until the dataset is recorded (indexed, so
+    counted on disk from then on) or has failed.
+    """
     dataset_id = records.new_id()
-    try:
-        kind, meta = _parse_and_store(conn, data_dir, dataset_id, upload, settings, tenant)
-        record = records.create_dataset(
-            conn,
-            kind=kind,
-            name=uploads.safe_name(upload.filename),
-            meta=meta,
-            tenant=tenant,
-            dataset_id=dataset_id,
-        )
-    except BaseException:
-        data_dir.remove_dataset(dataset_id)
-        raise
+    with quota.storage_reservation(conn, data_dir, settings, tenant, dataset_id) as reservation:
+        try:
+            kind, meta = _parse_and_store(data_dir, dataset_id, upload, settings, reservation)
+            record = records.create_dataset(
+                conn,
+                kind=kind,
+                name=uploads.safe_name(upload.filename),
+                meta=meta,
+                tenant=tenant,
+                dataset_id=dataset_id,
+            )
+        except BaseException:
+            data_dir.remove_dataset(dataset_id)
+            raise
     return DatasetOut.from_record(record)
 
 
 def _parse_and_store(
-    conn: redis.Redis,
     data_dir: DataDir,
     dataset_id: str,
     upload: uploads.ReceivedUpload,
     settings: Settings,
-    tenant: str,
+    reservation: quota.StorageReservation,
 ) -> tuple[str, dict[str, Any]]:
-    """(kind, meta) of the upload after moving it into the dataset's folder (within the tenant's quota)."""
+    """(kind, meta) of the upload after moving it into the dataset's folder (within the tenant's quota).
+
+    `reservation` holds the received file's size while it is parsed, then the parsed arrays' size
+    while they are written (PayloadTooLarge when either would take the tenant past its quota).
+    """
     fmt = uploads.upload_format(upload.filename)
     label_column = upload.fields.get("label_column") or None
     if label_column is not None and fmt != ".csv":
         raise InvalidInput.at(
             ["body", "label_column"], "only for .csv files (a .npz carries labels as 'y')", label_column
         )
-    used = tenant_storage_bytes(conn, data_dir, tenant)
-    check_quota(used, upload.size, settings)
+    reservation.reserve(upload.size)
     if fmt == ".safetensors":
         tensors = uploads.read_safetensors_header(upload.path, settings)
         target = data_dir.weights_file(dataset_id)
@@ -128,33 +135,8 @@ def _parse_and_store(
     else:
         parsed = uploads.read_csv(upload.path, settings, label_column=label_column)
     limits.check_dataset(parsed.X.shape, settings)
-    check_quota(used, parsed.X.nbytes + (parsed.y.nbytes if parsed.y is not None else 0), settings)
+    reservation.reserve(parsed.X.nbytes + (parsed.y.nbytes if parsed.y is not None else 0))
     return "dataset", _store_dataset(data_dir, dataset_id, parsed)
-
-
-def tenant_storage_bytes(conn: redis.Redis, data_dir: DataDir, tenant: str) -> int:
-    """Bytes on disk of the tenant's stored datasets and weights."""
-    total = 0
-    for member in cast(list[bytes], conn.zrange(keys.datasets_index(tenant), 0, -1)):
-        folder = data_dir.dataset_dir(records.text(member))
-        with contextlib.suppress(OSError):
-            total += sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-    return total
-
-
-def check_quota(used: int, adding: int, settings: Settings) -> None:
-    """PayloadTooLarge when `adding` bytes would take the tenant past max_tenant_storage_bytes."""
-    allowed = settings.max_tenant_storage_bytes
-    if used + adding > allowed:
-        found = limits.limit_issue(
-            ["body", "file"],
-            "the tenant's stored bytes with this upload",
-            used + adding,
-            "max_tenant_storage_bytes",
-            allowed,
-        )
-        found["msg"] += f"; {used} bytes are stored now: delete datasets to make room"
-        raise PayloadTooLarge([found])
 
 
 def _store_dataset(data_dir: DataDir, dataset_id: str, parsed: uploads.ParsedDataset) -> dict[str, Any]:
