@@ -337,17 +337,18 @@ def project(args: argparse.Namespace, tile_s: float, commands_per_tile: float) -
         )
     )
     print(
-        "| GPUs | ranking | tiles | GEMM s/tile | other s/tile | wall time | Redis commands/s | top-k parts on disk |"
+        "| GPUs | ranking | tiles | GEMM s/tile | other s/tile | wall time | Redis commands/s | top-k lists on disk |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    parts = tiles * 2 * block * 32 * 8
     for gpus in (8, 64):
+        # the rows' folded lists, plus the parts of the tiles in flight (workers/folds.py), k = 32
+        parts = n * 32 * 8 + gpus * 2 * block * 32 * 8
         for where, other_s in (("on the GPU", device_s + fixed_s), ("on a CPU thread (measured)", host_s)):
             total = tiles * (gemm_s + other_s) / gpus
             rate = commands_per_tile * tiles / total
             print(
                 f"| {gpus} | {where} | {tiles} | {gemm_s:.2f} | {other_s:.2f} | {total / 3600:.2f} h | "
-                f"{rate:.1f} | {parts / 2**30:.0f} GiB |"
+                f"{rate:.1f} | {parts / 2**20:.0f} MiB |"
             )
 
 

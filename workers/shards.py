@@ -9,8 +9,9 @@ queue glue and the counter barrier are in `service.contract.sharding`. Files, in
                               (rectangular jobs only); tiles read their blocks memory-mapped
     shards/train.json         the training report of θ (null when θ was not trained)
     .similarity.npy.partial   the full matrix (float32 [n_rows, n_cols], .npy) while tiles write into it
-    shards/top-I-J.npz        a tile's partial top-k lists: `columns`, `values` of rows I over columns J,
-                              and `columns_t`, `values_t` of rows J over columns I (square, I < J)
+    shards/part-I-J.npz       a tile's partial top-k lists of rows I over columns J (and part-J-I.npz,
+                              square jobs), folded into shards/list-I.npz as tiles complete (folds.py)
+    shards/land-I-J.npy       with Nyström landmarks: rows I at the landmark columns in block J
     similarity.npy            the full matrix, renamed into place by the reduce step once complete
     neighbors_index.npy       int32 [n_rows, k]: the columns of each row's k nearest neighbours
     neighbors_value.npy       float32 [n_rows, k]: their similarities (sorted, ties by the lower column)
@@ -29,7 +30,6 @@ import os
 import resource
 import shutil
 import signal
-import tempfile
 import threading
 import time
 import traceback
@@ -46,7 +46,7 @@ from service.contract.jobstate import JobStatus
 from service.contract.settings import Settings, get_settings
 from service.contract.spec import JobSpec
 from service.contract.storage import DataDir, atomic_open
-from workers import pipeline
+from workers import folds, pipeline
 from workers.compute import bigcluster, clustering, metrics, models, tiles
 from workers.data import resolve, select
 from workers.errors import JobCanceled, JobFailure
@@ -161,7 +161,7 @@ def run_inline(
     job_dir = data_dir.job_dir(job_id)
     for done, (i, j) in enumerate(tiles_planned):
         progress("similarity", done / len(tiles_planned), f"tiles {done}/{len(tiles_planned)} done")
-        _compute_tile(spec, info, job_dir, i, j, settings)
+        _compute_tile(conn, job_id, spec, info, job_dir, i, j, settings)
     progress("cluster", 0.0, "merging the tiles")
     return _reduce(conn, spec, info, job_id, data_dir, settings, mode="single")
 
@@ -293,7 +293,8 @@ def run_tile(job_id: str, i: int, j: int) -> str:
         try:
             with Watchdog(conn, job_id) as watchdog:
                 try:
-                    _compute_tile(JobSpec.model_validate(record.spec), plan, data_dir.job_dir(job_id), i, j, settings)
+                    spec = JobSpec.model_validate(record.spec)
+                    _compute_tile(conn, job_id, spec, plan, data_dir.job_dir(job_id), i, j, settings)
                 finally:
                     watchdog.disarm()
         except (TileStopped, JobCanceled):
@@ -343,7 +344,18 @@ def _status(conn: redis.Redis, job_id: str) -> str | None:
     return records.text(raw) if raw is not None else None
 
 
-def _compute_tile(spec: JobSpec, plan: dict[str, Any], job_dir: Path, i: int, j: int, settings: Settings) -> None:
+def _compute_tile(
+    conn: redis.Redis,
+    job_id: str,
+    spec: JobSpec,
+    plan: dict[str, Any],
+    job_dir: Path,
+    i: int,
+    j: int,
+    settings: Settings,
+) -> None:
+    """Tile (I, J): its block(s) of the matrix when the job writes one, its partial top-k lists folded
+    into its row blocks' lists (a busy row block is left to a later fold), its landmark columns."""
     block, square = int(plan["block"]), bool(plan["square"])
     n_rows, n_cols = int(plan["n_rows"]), int(plan["n_cols"])
     shard_dir = job_dir / SHARDS
@@ -372,19 +384,15 @@ def _compute_tile(spec: JobSpec, plan: dict[str, Any], job_dir: Path, i: int, j:
     if not bool(torch.isfinite(upper).all()) or (lower is not None and not bool(torch.isfinite(lower).all())):
         raise JobFailure("the similarity has non-finite entries (the model's θ may have diverged)")
     k = int(plan["k"])
-    columns, values = tiles.topk(upper, k, col_offset=cs.start, exclude=0 if same else None)
-    parts = {"columns": columns, "values": values}
-    if square and not same:
-        assert lower is not None
-        parts["columns_t"], parts["values_t"] = tiles.topk(lower, k, col_offset=rs.start)
-    if plan.get("landmarks"):
-        marks = np.load(shard_dir / "landmarks.npy")
-        in_cols = marks[(marks >= cs.start) & (marks < cs.stop)] - cs.start
-        parts["land"] = _host(upper[:, torch.from_numpy(in_cols).to(upper.device)])
-        if square and not same:
-            assert lower is not None
-            in_rows = marks[(marks >= rs.start) & (marks < rs.stop)] - rs.start
-            parts["land_t"] = _host(lower[:, torch.from_numpy(in_rows).to(lower.device)])
+    sides = [(i, j, upper, cs)] + ([(j, i, lower, rs)] if square and not same and lower is not None else [])
+    for row_block, col_block, block_values, columns_of in sides:
+        columns, values = tiles.topk(block_values, k, col_offset=columns_of.start, exclude=0 if same else None)
+        folds.write_atomic(folds.part_path(shard_dir, row_block, col_block), {"columns": columns, "values": values})
+        if plan.get("landmarks"):
+            marks = np.load(shard_dir / "landmarks.npy")
+            inside = marks[(marks >= columns_of.start) & (marks < columns_of.stop)] - columns_of.start
+            land = _host(block_values[:, torch.from_numpy(inside).to(block_values.device)])
+            folds.write_atomic(folds.land_path(shard_dir, row_block, col_block), {"land": land})
     if plan["matrix"]:
         matrix = np.load(job_dir / PARTIAL_MATRIX, mmap_mode="r+")
         matrix[rs, cs] = _host(upper)
@@ -393,26 +401,14 @@ def _compute_tile(spec: JobSpec, plan: dict[str, Any], job_dir: Path, i: int, j:
             matrix[cs, rs] = _host(lower)
         matrix.flush()
         del matrix
-    _write_npz(shard_dir / f"top-{sharding.tile_name(i, j)}.npz", parts)
+    for row_block, *_ in sides:
+        folds.fold(conn, job_id, shard_dir, row_block, k)
 
 
 def _host(t: torch.Tensor) -> np.ndarray:
     """A float32 host copy of a tile's tensor."""
     out: np.ndarray = np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
     return out
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays to `path` through a temporary name in its folder, which must exist (never created)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _discard(conn: redis.Redis, data_dir: DataDir, job_id: str) -> None:
@@ -489,14 +485,6 @@ def _reduce(
     shard_dir = job_dir / SHARDS
     block, square = int(plan["block"]), bool(plan["square"])
     n_rows, n_cols, k = int(plan["n_rows"]), int(plan["n_cols"]), int(plan["k"])
-    expected = sharding.plan(n_rows, n_cols, block, square=square)
-    missing = [
-        sharding.tile_name(i, j)
-        for i, j in expected
-        if not (shard_dir / f"top-{sharding.tile_name(i, j)}.npz").is_file()
-    ]
-    if missing:
-        raise JobFailure(f"{len(missing)} of {len(expected)} tiles have no output (e.g. tile {missing[0]})")
     if plan["matrix"] and not (job_dir / PARTIAL_MATRIX).is_file():
         raise JobFailure("the matrix the tiles wrote into is gone")
 
@@ -504,7 +492,9 @@ def _reduce(
         records.set_progress(conn, job_id, fraction=0.95 + 0.05 * fraction, stage="reduce", message=message)
 
     report(0.0, "merging the neighbour lists")
-    nystrom = _merge_neighbors(job_dir, n_rows, n_cols, block, square, k, landmarks=bool(plan.get("landmarks")))
+    nystrom = _merge_neighbors(
+        conn, job_id, job_dir, n_rows, n_cols, block, square, k, landmarks=bool(plan.get("landmarks"))
+    )
     artifacts = ["neighbors_index.npy", "neighbors_value.npy", "primary_index.npy"]
     if not square:
         artifacts.append("observed_index.npy")
@@ -549,10 +539,20 @@ def _reduce(
 
 
 def _merge_neighbors(
-    job_dir: Path, n_rows: int, n_cols: int, block: int, square: bool, k: int, *, landmarks: bool
+    conn: redis.Redis,
+    job_id: str,
+    job_dir: Path,
+    n_rows: int,
+    n_cols: int,
+    block: int,
+    square: bool,
+    k: int,
+    *,
+    landmarks: bool,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """neighbors_index.npy and neighbors_value.npy from the tiles' partial lists, one row block at a time;
-    with `landmarks`, also (C [n_rows, l] float32, the landmarks) of the tiles' landmark columns."""
+    """neighbors_index.npy and neighbors_value.npy from the row blocks' folded lists (folding the parts
+    left), one row block at a time; with `landmarks`, also (C [n_rows, l] float32, the landmarks) from
+    the tiles' landmark columns. JobFailure when a row block's list misses a column block."""
     shard_dir = job_dir / SHARDS
     index_tmp, value_tmp = job_dir / ".neighbors_index.npy.partial", job_dir / ".neighbors_value.npy.partial"
     index = np.lib.format.open_memmap(index_tmp, mode="w+", dtype=np.int32, shape=(n_rows, k))
@@ -560,19 +560,21 @@ def _merge_neighbors(
     marks = np.load(shard_dir / "landmarks.npy") if landmarks else np.zeros(0, np.int64)
     C = np.zeros((n_rows, marks.size), np.float32) if landmarks else None
     row_blocks, col_blocks = math.ceil(n_rows / block), math.ceil(n_cols / block)
+    if square:
+        col_blocks = row_blocks
     for r in range(row_blocks):
         rs = slice(r * block, min(n_rows, (r + 1) * block))
-        columns, values = [], []
-        for c in range(row_blocks if square else col_blocks):
-            first, second = (min(r, c), max(r, c)) if square else (r, c)
-            with np.load(shard_dir / f"top-{sharding.tile_name(first, second)}.npz", allow_pickle=False) as part:
-                suffix = "" if first == r else "_t"
-                columns.append(part[f"columns{suffix}"])
-                values.append(part[f"values{suffix}"])
-                if C is not None:  # the landmark columns that fall in column block c
-                    lo, hi = np.searchsorted(marks, [c * block, (c + 1) * block])
-                    C[rs, lo:hi] = part[f"land{suffix}"]
-        index[rs], value[rs] = tiles.merge_topk(columns, values, k)
+        if folds.fold(conn, job_id, shard_dir, r, k, wait=sharding.FOLD_LOCK_SECONDS + 5) is None:
+            raise JobFailure(f"row block {r}: its neighbour list stayed locked by another process")
+        stored = folds.read_list(shard_dir, r)
+        missing = sorted(set(range(col_blocks)) - (stored[2] if stored else set()))
+        if stored is None or missing:
+            raise JobFailure(f"row block {r}: no top-k lists of column blocks {missing[:5]} (of {col_blocks})")
+        index[rs], value[rs] = stored[0], stored[1]
+        if C is not None:
+            for c in range(col_blocks):  # the landmark columns that fall in column block c
+                lo, hi = np.searchsorted(marks, [c * block, (c + 1) * block])
+                C[rs, lo:hi] = np.load(folds.land_path(shard_dir, r, c))
     index.flush()
     value.flush()
     del index, value

@@ -15,6 +15,9 @@ so they never change::
     lelastic:job:<id>:tiles  (job_tiles)            set     worker       names ("I-J") of a sharded job's tiles whose
                                                                          outputs are written; the tile that completes
                                                                          it queues the reduce step
+    lelastic:job:<id>:fold:<r>                      string  worker       the token of the process folding the tiles'
+        (job_fold_lock)                                                  partial top-k lists into row block r's
+                                                                         list; expires after FOLD_LOCK_SECONDS
     lelastic:jobs:<tenant>  (jobs_index)            zset    API          job id -> creation time
     lelastic:jobs-by-status:<status>:<tenant>       zset    API, worker  job id -> creation time, for the jobs
         (status_index)                                                   whose status is <status> (only
@@ -75,6 +78,11 @@ def job_events(job_id: str) -> str:
 def job_tiles(job_id: str) -> str:
     """The tiles of a sharded job whose outputs are written (a set of tile names: the counter barrier)."""
     return f"{PREFIX}job:{job_id}:tiles"
+
+
+def job_fold_lock(job_id: str, row_block: int) -> str:
+    """The lock of a sharded job's row block while a process folds partial top-k lists into its list."""
+    return f"{PREFIX}job:{job_id}:fold:{row_block}"
 
 
 def jobs_index(tenant: str) -> str:

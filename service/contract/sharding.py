@@ -7,10 +7,12 @@ A sharded job runs in three steps, all on the RQ queue the workers already liste
    and queues every tile in one Redis pipeline (an RQ `Group` named after the job).
 2. Each tile (`TILE_TASK`, args `(job id, I, J)`) computes the blocks (I, J) and, for a square job,
    (J, I) of the matrix, writes them in place into the matrix file and its rows' partial top-k lists,
-   then adds its name to the job's tile set (`keys.job_tiles`, the counter barrier). The tile that
-   completes the set queues the reduce step under a fixed id (`unique=True`: exactly once).
-3. The reduce step (`REDUCE_TASK`) checks that every tile's output exists, merges the top-k lists,
-   renames the matrix into place, clusters and marks the job succeeded.
+   folds those into the running lists of its row blocks (under `acquire_fold`'s lock; a busy row block
+   is left to the next tile or the reduce step), then adds its name to the job's tile set
+   (`keys.job_tiles`, the counter barrier). The tile that completes the set queues the reduce step
+   under a fixed id (`unique=True`: exactly once).
+3. The reduce step (`REDUCE_TASK`) folds what is left, checks that every row block's list covers every
+   column block, renames the matrix into place, clusters and marks the job succeeded.
 
 A tile whose worker is lost runs again once (RQ `Retry(max=1)`); when it cannot, `on_tile_failure`
 fails the job. This module imports no torch: the API resolves a job's mode with it.
@@ -22,6 +24,7 @@ import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Literal
@@ -157,6 +160,37 @@ def tiles_written(conn: redis.Redis, job_id: str) -> set[str]:
 
 def forget_tiles(conn: redis.Redis, job_id: str) -> None:
     conn.delete(keys.job_tiles(job_id))
+
+
+#: Seconds a fold lock lives when its holder dies (a fold takes milliseconds: it reads and writes one
+#: row block's [block, k] lists).
+FOLD_LOCK_SECONDS = 60
+_RELEASE_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def acquire_fold(conn: redis.Redis, job_id: str, row_block: int, *, wait: float = 0.0) -> str | None:
+    """A token once this process holds the lock of the job's row block `row_block`; None when another
+    process still holds it after `wait` seconds."""
+    key, token = keys.job_fold_lock(job_id, row_block), uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    while not conn.set(key, token, nx=True, ex=FOLD_LOCK_SECONDS):
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
+    return token
+
+
+def holds_fold(conn: redis.Redis, job_id: str, row_block: int, token: str) -> bool:
+    """Whether `token` still holds the row block's lock (it expires after FOLD_LOCK_SECONDS)."""
+    return conn.get(keys.job_fold_lock(job_id, row_block)) == token.encode()
+
+
+def release_fold(conn: redis.Redis, job_id: str, row_block: int, token: str) -> None:
+    """Release the row block's lock if `token` still holds it."""
+    conn.eval(_RELEASE_IF_HELD, 1, keys.job_fold_lock(job_id, row_block), token)
 
 
 def enqueue_reduce(conn: redis.Redis, settings: CommonSettings, job_id: str, *, result_ttl: int) -> bool:

@@ -40,6 +40,7 @@ def test_every_key_is_the_known_string():
     assert keys.JOB_DURATIONS == "lelastic:job-durations"
     assert keys.STATUS_INDEX_READY == "lelastic:status-index:ready"
     assert keys.event_streams("alice") == "lelastic:streams:alice"
+    assert keys.job_fold_lock("ab12", 7) == "lelastic:job:ab12:fold:7"
 
 
 def test_scan_patterns_and_ids():
@@ -47,6 +48,7 @@ def test_scan_patterns_and_ids():
     assert keys.pattern(keys.jobs_index) == "lelastic:jobs:*"
     assert keys.id_in("lelastic:job:ab12", keys.job) == "ab12"
     assert keys.id_in("lelastic:job:ab12:events", keys.job) is None
+    assert keys.id_in(keys.job_fold_lock("ab12", 7), keys.job) is None
     assert keys.id_in("lelastic:jobs:alice", keys.job) is None
     assert keys.id_in("lelastic:job:", keys.job) is None
     assert keys.id_in("lelastic:datasets:alice", keys.datasets_index) == "alice"
