@@ -34,52 +34,47 @@ def expected_topk(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order.astype(np.int32), np.take_along_axis(matrix, order, axis=1)
 
 
-@pytest.fixture
-def shard_dir(tmp_path: Path) -> Path:
-    return tmp_path
-
-
-def test_folds_in_any_order_give_the_exact_top_k(shard_dir, redis_conn):
+def test_folds_in_any_order_give_the_exact_top_k(tmp_path, redis_conn):
     matrix = dense_rows(4)
-    write_part(shard_dir, matrix, 0, 2)
-    assert folds.fold(redis_conn, JOB, shard_dir, 0, K) == 1
-    write_part(shard_dir, matrix, 0, 0)
-    write_part(shard_dir, matrix, 0, 3)
-    assert folds.fold(redis_conn, JOB, shard_dir, 0, K) == 2
-    write_part(shard_dir, matrix, 0, 1)
-    assert folds.fold(redis_conn, JOB, shard_dir, 0, K) == 1
-    columns, values, covered = folds.read_list(shard_dir, 0)
+    write_part(tmp_path, matrix, 0, 2)
+    assert folds.fold(redis_conn, JOB, tmp_path, 0, K) == 1
+    write_part(tmp_path, matrix, 0, 0)
+    write_part(tmp_path, matrix, 0, 3)
+    assert folds.fold(redis_conn, JOB, tmp_path, 0, K) == 2
+    write_part(tmp_path, matrix, 0, 1)
+    assert folds.fold(redis_conn, JOB, tmp_path, 0, K) == 1
+    columns, values, covered = folds.read_list(tmp_path, 0)
     want_columns, want_values = expected_topk(matrix)
     np.testing.assert_array_equal(columns, want_columns)
     np.testing.assert_array_equal(values, want_values)
     assert covered == {0, 1, 2, 3}
-    assert folds.parts_of(shard_dir, 0) == {}, "folded parts are deleted"
+    assert folds.parts_of(tmp_path, 0) == {}, "folded parts are deleted"
     assert not redis_conn.exists(keys.job_fold_lock(JOB, 0)), "the lock is released"
 
 
-def test_a_part_of_a_covered_column_block_is_deleted_unread(shard_dir, redis_conn):
+def test_a_part_of_a_covered_column_block_is_deleted_unread(tmp_path, redis_conn):
     matrix = dense_rows(2)
-    write_part(shard_dir, matrix, 0, 0)
-    write_part(shard_dir, matrix, 0, 1)
-    folds.fold(redis_conn, JOB, shard_dir, 0, K)
-    before = folds.read_list(shard_dir, 0)
-    write_part(shard_dir, matrix, 0, 1, shift=100.0)  # a tile run twice (different values would show)
-    assert folds.fold(redis_conn, JOB, shard_dir, 0, K) == 0
-    after = folds.read_list(shard_dir, 0)
+    write_part(tmp_path, matrix, 0, 0)
+    write_part(tmp_path, matrix, 0, 1)
+    folds.fold(redis_conn, JOB, tmp_path, 0, K)
+    before = folds.read_list(tmp_path, 0)
+    write_part(tmp_path, matrix, 0, 1, shift=100.0)  # a tile run twice (different values would show)
+    assert folds.fold(redis_conn, JOB, tmp_path, 0, K) == 0
+    after = folds.read_list(tmp_path, 0)
     np.testing.assert_array_equal(after[1], before[1])
-    assert folds.parts_of(shard_dir, 0) == {}
+    assert folds.parts_of(tmp_path, 0) == {}
 
 
-def test_a_busy_row_block_is_left_for_a_later_fold(shard_dir, redis_conn):
+def test_a_busy_row_block_is_left_for_a_later_fold(tmp_path, redis_conn):
     matrix = dense_rows(1)
-    write_part(shard_dir, matrix, 0, 0)
+    write_part(tmp_path, matrix, 0, 0)
     token = sharding.acquire_fold(redis_conn, JOB, 0)
     assert token is not None
-    assert folds.fold(redis_conn, JOB, shard_dir, 0, K) is None
-    assert set(folds.parts_of(shard_dir, 0)) == {0} and folds.read_list(shard_dir, 0) is None
-    assert folds.fold(redis_conn, JOB, shard_dir, 0, K, wait=0.1) is None, "still held after waiting"
+    assert folds.fold(redis_conn, JOB, tmp_path, 0, K) is None
+    assert set(folds.parts_of(tmp_path, 0)) == {0} and folds.read_list(tmp_path, 0) is None
+    assert folds.fold(redis_conn, JOB, tmp_path, 0, K, wait=0.1) is None, "still held after waiting"
     sharding.release_fold(redis_conn, JOB, 0, token)
-    assert folds.fold(redis_conn, JOB, shard_dir, 0, K) == 1
+    assert folds.fold(redis_conn, JOB, tmp_path, 0, K) == 1
 
 
 def test_release_leaves_a_lock_another_process_holds_now(redis_conn):
@@ -91,25 +86,25 @@ def test_release_leaves_a_lock_another_process_holds_now(redis_conn):
     assert not sharding.holds_fold(redis_conn, JOB, 3, stale)
 
 
-def test_a_write_whose_lock_lapsed_replaces_nothing_and_leaves_no_temporary_file(shard_dir):
-    target = shard_dir / "list-0.npz"
+def test_a_write_whose_lock_lapsed_replaces_nothing_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "list-0.npz"
     folds.write_atomic(target, {"columns": np.zeros((1, 1), np.int32)})
     assert not folds.write_atomic(target, {"columns": np.ones((1, 1), np.int32)}, still_held=lambda: False)
     with np.load(target) as stored:
         assert stored["columns"][0, 0] == 0
-    assert sorted(p.name for p in shard_dir.iterdir()) == ["list-0.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list-0.npz"]
 
 
-def test_row_block_1_does_not_take_the_parts_of_row_block_12(shard_dir, redis_conn):
+def test_row_block_1_does_not_take_the_parts_of_row_block_12(tmp_path, redis_conn):
     matrix = dense_rows(1)
-    write_part(shard_dir, matrix, 1, 0)
-    write_part(shard_dir, matrix, 12, 0)
-    assert set(folds.parts_of(shard_dir, 1)) == {0}
-    folds.fold(redis_conn, JOB, shard_dir, 1, K)
-    assert set(folds.parts_of(shard_dir, 12)) == {0}
+    write_part(tmp_path, matrix, 1, 0)
+    write_part(tmp_path, matrix, 12, 0)
+    assert set(folds.parts_of(tmp_path, 1)) == {0}
+    folds.fold(redis_conn, JOB, tmp_path, 1, K)
+    assert set(folds.parts_of(tmp_path, 12)) == {0}
 
 
-def test_tiles_folding_at_once_lose_no_part(shard_dir, redis_conn):
+def test_tiles_folding_at_once_lose_no_part(tmp_path, redis_conn):
     """Eight column blocks' parts written and folded by four threads at once (a busy lock skips), then the
     reduce step's fold with waiting: the list is the exact top k of all of them."""
     matrix = dense_rows(8, seed=1)
@@ -118,8 +113,8 @@ def test_tiles_folding_at_once_lose_no_part(shard_dir, redis_conn):
     def tile(col_blocks: list[int]) -> None:
         try:
             for col_block in col_blocks:
-                write_part(shard_dir, matrix, 0, col_block)
-                folds.fold(redis_conn, JOB, shard_dir, 0, K)
+                write_part(tmp_path, matrix, 0, col_block)
+                folds.fold(redis_conn, JOB, tmp_path, 0, K)
         except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
@@ -129,12 +124,12 @@ def test_tiles_folding_at_once_lose_no_part(shard_dir, redis_conn):
     for thread in threads:
         thread.join()
     assert not errors
-    folds.fold(redis_conn, JOB, shard_dir, 0, K, wait=5.0)
-    columns, values, covered = folds.read_list(shard_dir, 0)
+    folds.fold(redis_conn, JOB, tmp_path, 0, K, wait=5.0)
+    columns, values, covered = folds.read_list(tmp_path, 0)
     want_columns, want_values = expected_topk(matrix)
     np.testing.assert_array_equal(columns, want_columns)
     np.testing.assert_array_equal(values, want_values)
-    assert covered == set(range(8)) and folds.parts_of(shard_dir, 0) == {}
+    assert covered == set(range(8)) and folds.parts_of(tmp_path, 0) == {}
 
 
 def test_the_reduce_names_a_row_block_whose_list_misses_a_column_block(tmp_path, redis_conn):
