@@ -28,6 +28,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from service.contract import jobstate, records, sharding
+from service.contract import queue as rq_glue
 from service.contract.jobstate import JobStatus
 from service.contract.logs import configure_logging
 from service.contract.queue import ON_FAILURE, TASK
@@ -249,12 +250,21 @@ class LelasticWorker(Worker):
             status = job.get_status(refresh=True)
             if status in (RQStatus.QUEUED, RQStatus.SCHEDULED):
                 jobstate.mark_requeued(self.connection, job.id, reason)
+                rq_glue.place_fairly(self.connection, queue.key, job.id, requeued=True)  # RQ's retry: at the tail
                 self.log.warning("Worker %s: job %s: %s; queued to run again", self.name, job.id, reason)
             else:
                 jobstate.mark_failed(self.connection, job.id, reason)
                 self.log.warning("Worker %s: job %s failed: %s", self.name, job.id, reason)
         except _REDIS_DOWN as error:  # the API's reconcile covers it once Redis is back
             self.log.warning("Worker %s: could not record the end of job %s: %s", self.name, job.id, error)
+
+    def clean_registries(self) -> None:
+        """RQ's registry sweep, then the jobs it queued again (abandoned by a lost worker) placed fairly."""
+        super().clean_registries()
+        try:
+            rq_glue.place_requeued(self.connection)
+        except _REDIS_DOWN as error:
+            self.log.warning("Worker %s: could not place requeued jobs: %s", self.name, error)
 
     def _discard_canceled(self, job_id: str) -> None:
         """A canceled job's horse is dead now: remove whatever it had written (it may have been

@@ -8,7 +8,9 @@ one atomic script, to the place a round-robin over tenants would give it. A job'
 running jobs plus its place among the tenant's queued jobs; the new job goes before the first queued
 job of a higher rank. So with tenant A's 100 jobs queued (one running), tenant B's first job goes to the
 head and starts as soon as a worker frees; B's second goes after A's next one, and so on. Workers are
-plain RQ workers taking from the head.
+plain RQ workers taking from the head. A job RQ queues again after losing its worker (its `Retry`)
+lands at the tail too; the worker that queued it places it the same way (`place_requeued`), so a
+retried job does not wait behind every job submitted since it first started.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ FAIR_SCAN_LIMIT = 10_000
 RQ_ENDED = frozenset({RQStatus.FAILED.value, RQStatus.STOPPED.value, RQStatus.CANCELED.value})
 
 # Move a job just pushed at the queue's tail to its round-robin place. KEYS[1]: the queue list.
-# ARGV: job id, job key prefix, status index prefix, the running status, default tenant, scan limit.
+# ARGV: job id, job key prefix, status index prefix, the running status, default tenant, scan limit,
+# "1" for a job queued again (it takes its tenant's next turn, ahead of its tenant's queued jobs and of
+# other jobs of the same turn) or "0" for a new one (after its tenant's queued jobs).
 # Returns the job's new position (0 is the head), or -1 when a worker took it already.
 _PLACE_FAIRLY = """
 local id = ARGV[1]
@@ -65,17 +69,18 @@ local function start_rank(tenant)
   return running[tenant]
 end
 local tenants = {}
+local ahead = ARGV[7] == '1'
 local mine = tenant_of(id)
 local rank = start_rank(mine) + 1
 for i = 1, #ids do
   tenants[i] = tenant_of(ids[i])
-  if tenants[i] == mine then rank = rank + 1 end
+  if tenants[i] == mine and not ahead then rank = rank + 1 end
 end
 local seen = {}
 for i = 1, #ids do
   local t = tenants[i]
   seen[t] = (seen[t] or start_rank(t)) + 1
-  if seen[t] > rank then
+  if seen[t] > rank or (ahead and seen[t] == rank) then
     redis.call('LINSERT', KEYS[1], 'BEFORE', ids[i], id)
     return i - 1
   end
@@ -110,11 +115,34 @@ def enqueue(conn: redis.Redis, settings: ApiSettings, job_id: str) -> None:
     place_fairly(conn, rq_queue.key, job_id)
 
 
-def place_fairly(conn: redis.Redis, queue_key: str, job_id: str) -> int:
+#: (queue name, job id) of the jobs this process saw RQ queue again (`on_rq_failure` with retries left),
+#: waiting for `place_requeued`.
+_requeued: list[tuple[str, str]] = []
+
+
+def note_requeued(job: Job) -> None:
+    """From an RQ failure callback with retries left: RQ pushes `job` at its queue's tail right after the
+    callback; `place_requeued` moves it to its fair place then."""
+    _requeued.append((job.origin, job.id))
+
+
+def place_requeued(conn: redis.Redis) -> int:
+    """Place fairly the jobs `on_rq_failure` saw RQ queue again in this process (their RQ retry has pushed
+    them at the tail by now); returns how many were still queued and moved."""
+    moved = 0
+    while _requeued:
+        name, job_id = _requeued.pop(0)
+        moved += place_fairly(conn, Queue(name, connection=conn).key, job_id, requeued=True) >= 0
+    return moved
+
+
+def place_fairly(conn: redis.Redis, queue_key: str, job_id: str, *, requeued: bool = False) -> int:
     """Move job `job_id` from the tail of the RQ queue list `queue_key` to its round-robin place (see the
-    module doc). Returns its position (0: next to run), or -1 when a worker took it first."""
+    module doc): a new job after its tenant's queued ones, a `requeued` one (its worker was lost) at its
+    tenant's next turn, ahead of them. Returns its position (0: next to run), or -1 when a worker took it
+    first."""
     args = [job_id, keys.job(""), keys.STATUS_INDEX_PREFIX, JobStatus.RUNNING.value, records.DEFAULT_TENANT]
-    return int(conn.eval(_PLACE_FAIRLY, 1, queue_key, *args, FAIR_SCAN_LIMIT))
+    return int(conn.eval(_PLACE_FAIRLY, 1, queue_key, *args, FAIR_SCAN_LIMIT, "1" if requeued else "0"))
 
 
 def on_rq_failure(
@@ -141,6 +169,7 @@ def on_rq_failure(
             name = getattr(exc_type, "__name__", "error")
             reason = f"internal error: {name}: {exc_value}" if str(exc_value) else f"internal error: {name}"
         if will_retry:
+            note_requeued(job)
             jobstate.mark_requeued(connection, job.id, reason)
             log.warning("job %s: %s; queued to run again (%s retries left)", job.id, reason, job.retries_left)
         else:

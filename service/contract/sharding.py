@@ -37,7 +37,7 @@ from rq.job import Callback, Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
-from service.contract import jobstate, keys
+from service.contract import jobstate, keys, queue
 from service.contract.settings import CommonSettings
 from service.contract.spec import JobSpec
 
@@ -121,7 +121,7 @@ def enqueue_tiles(
     conn: redis.Redis, settings: CommonSettings, job_id: str, tiles: Sequence[tuple[int, int]], *, result_ttl: int
 ) -> None:
     """Queue every tile of job `job_id` in one Redis pipeline (an RQ group named after the job)."""
-    queue = _queue(conn, settings)
+    tile_queue = _queue(conn, settings)
     datas = [
         Queue.prepare_data(
             TILE_TASK,
@@ -139,7 +139,7 @@ def enqueue_tiles(
     group = Group.create(connection=conn, name=job_id)
     for start in range(0, len(datas), 1000):  # one pipeline per thousand tiles bounds the request size
         with conn.pipeline() as pipe:
-            group.enqueue_many(queue, datas[start : start + 1000], pipeline=pipe)
+            group.enqueue_many(tile_queue, datas[start : start + 1000], pipeline=pipe)
             pipe.execute()
 
 
@@ -283,6 +283,7 @@ def on_tile_failure(
     the reason; a retry is left to RQ. Never raises (it runs inside RQ's bookkeeping)."""
     try:
         if job.retries_left and job.retries_left > 0:
+            queue.note_requeued(job)
             return
         job_id = str(job.args[0])
         if exc_type is not None and issubclass(exc_type, AbandonedJobError):

@@ -3,6 +3,8 @@ same whatever the number of records), bounded /metrics labels, and the queue's r
 
 from __future__ import annotations
 
+from rq.exceptions import AbandonedJobError
+
 from service.contract import jobstate, keys, queue, records, sharding
 from service.contract.jobstate import JobStatus
 from tests.factories import DIGITS_3_5, app_client, submit_id
@@ -177,3 +179,33 @@ def test_the_tiles_of_a_sharded_job_queue_for_their_jobs_tenant(keyed, redis_con
     response = client.post("/v1/jobs", json=DIGITS_3_5, headers={"X-API-Key": bob})
     assert response.status_code == 202, response.text
     assert queued_order(redis_conn, settings) == [response.json()["id"], *tiles]
+
+
+def test_a_job_queued_again_after_its_worker_was_lost_takes_its_tenants_next_turn(keyed, redis_conn, settings):
+    """Alice's first job starts and its worker is lost: RQ's sweep queues it again at the tail (its
+    Retry); the sweeping worker then places it at Alice's next turn, where it was, not behind every job
+    submitted since."""
+    client, alice, bob, _ = keyed
+
+    def submit_as(key: str) -> str:
+        response = client.post("/v1/jobs", json=DIGITS_3_5, headers={"X-API-Key": key})
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    a1, a2, a3 = (submit_as(alice) for _ in range(3))
+    b1 = submit_as(bob)
+    assert queued_order(redis_conn, settings) == [a1, b1, a2, a3]
+    assert redis_conn.lpop(queue.queue_key(settings)).decode() == a1
+    jobstate.mark_running(redis_conn, a1)
+    rq_job = queue.fetch_rq_job(redis_conn, a1)
+    assert rq_job is not None and rq_job.retries_left == 1
+    # What RQ's registry sweep does with an abandoned job: the failure callback, then the retry.
+    queue.on_rq_failure(rq_job, redis_conn, AbandonedJobError, AbandonedJobError("lost"), None)
+    with redis_conn.pipeline() as pipe:
+        rq_job.retry(queue.get_queue(redis_conn, settings), pipe)
+        pipe.execute()
+    assert queued_order(redis_conn, settings) == [b1, a2, a3, a1]
+    assert queue.place_requeued(redis_conn) == 1
+    assert queued_order(redis_conn, settings) == [a1, b1, a2, a3]
+    assert records.get_job(redis_conn, a1).status == JobStatus.QUEUED
+    assert queue.place_requeued(redis_conn) == 0, "each requeued job is placed once"
