@@ -173,13 +173,18 @@ class ConvReluPool:
         self.columns = window_order(u.shape[2], u.shape[3], a.device)
         u = u.flatten(2)[:, :, self.columns].transpose(1, 2).reshape(n, 4, h * w, -1)  # [n, 4, h w, C_out]
         self.neg_max = u.amax(1).clamp_min_(0).neg_()  # −m [n, h w, C_out]: minus the old pooled values
-        self.shift = u + self.neg_max[:, None]  # u − m: 0 at each window's argmax
+        shift = u + self.neg_max[:, None]  # u − m [n, 4, h w, C_out]: 0 at each window's argmax
         if self.dense:
+            self.shift = shift
             self.T = unrolled(layer, self.height, self.width, self.columns)
             self.D = diagonal_sums(layer, self.height, self.width, self.columns, u)
-        else:  # the input does not move: its patches at the window-major positions, and ones for the bias
-            patches = conv_patches(layer, a)[:, self.columns]
-            self.patches = torch.cat([patches, torch.ones_like(patches[..., :1])], 2).flatten(0, 1)
+        else:  # the input does not move: per pool-window member, [patches, 1 (the bias), u − m] of every example
+            patches = conv_patches(layer, a)[:, self.columns].view(n, 4, h * w, -1)
+            ones = torch.ones_like(patches[:, 0, :, :1])
+            self.member_patches = [  # [n h w, K + 1 + C_out] each
+                torch.cat([patches[:, m], ones, shift[:, m]], 2).view(n * h * w, -1) for m in range(4)
+            ]
+            self.identity = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device)
 
     def __call__(
         self, da: torch.Tensor | None, a_probe: torch.Tensor, g_probe: torch.Tensor, s: torch.Tensor
@@ -188,19 +193,31 @@ class ConvReluPool:
         input does not move), after the steps s [B] of probes with inputs a_probe [B, C_in, H, W] and
         output gradients g_probe [B, C_out, H', W']."""
         B, n = s.shape[0], self.a.shape[0]
-        if self.direct:
-            assert da is not None
-            return self._direct(da, a_probe, g_probe, s)
         if da is None:
-            dW, db = weight_step(self.layer, a_probe, g_probe, s)
-            du = torch.matmul(self.patches, torch.cat([dW, db[:, None]], 1))  # [B, n 4 h w, C_out]
-        else:
-            du = self._dense_difference(da, a_probe, g_probe, s)
-        du = du.view(B, n, 4, -1, du.shape[-1])
+            return self._fixed_input(a_probe, g_probe, s)
+        if self.direct:
+            return self._direct(da, a_probe, g_probe, s)
+        du = self._dense_difference(da, a_probe, g_probe, s).view(B, n, 4, -1, self.layer.out_channels)
         du += self.shift
         pooled = du.amax(2)
         torch.maximum(pooled, self.neg_max, out=pooled)
         return pooled.view(B, n, *self.pooled, -1)
+
+    def _fixed_input(self, a_probe: torch.Tensor, g_probe: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Pooled moves [B, n, h, w, C_out] of a stage whose input does not move: per pool-window member one
+        GEMM of [patches, 1, u − m] with [ΔW_i; Δb_i; I] for all B probes side by side, giving
+        u − m + conv(a; ΔW_i) + Δb_i ([n h w, B C_out]), folded into a running maximum: no
+        [n, 4, h w] intermediate, and no separate pass adding u − m."""
+        dW, db = weight_step(self.layer, a_probe, g_probe, s)  # [B, K, C], [B, C]
+        B, n, C = s.shape[0], self.a.shape[0], dW.shape[-1]
+        weights = torch.cat([dW, db[:, None], self.identity.expand(B, C, C)], 1)  # [B, K + 1 + C, C]
+        weights = weights.transpose(0, 1).reshape(-1, B * C)
+        pooled = torch.mm(self.member_patches[0], weights)
+        for patches in self.member_patches[1:]:
+            torch.maximum(pooled, torch.mm(patches, weights), out=pooled)
+        pooled = pooled.view(n, -1, B, C)
+        torch.maximum(pooled, self.neg_max[:, :, None], out=pooled)
+        return pooled.permute(2, 0, 1, 3).reshape(B, n, *self.pooled, C)
 
     def _dense_difference(
         self, da: torch.Tensor, a_probe: torch.Tensor, g_probe: torch.Tensor, s: torch.Tensor
