@@ -63,7 +63,11 @@ def pick_device(setting: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting.startswith("cuda") and not torch.cuda.is_available():
         raise JobFailure(f"device {setting!r} was asked for, but this worker has no CUDA device")
-    return torch.device(setting)
+    device = torch.device(setting)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise JobFailure(f"device {setting!r} was asked for, but this worker has cuda:0 to cuda:{count - 1} only")
+    return device
 
 
 def versions() -> dict[str, str]:

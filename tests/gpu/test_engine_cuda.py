@@ -148,3 +148,14 @@ def test_a_tile_ranked_on_cuda_equals_the_cpu_tile(step):
     cpu_columns, cpu_values = topk(cpu_upper, 5, col_offset=16)
     assert np.array_equal(columns, cpu_columns)
     assert np.abs(values - cpu_values).max() <= 1e-5 * np.abs(cpu_values).max()
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="a CUDA device index (the dry run on the CPU has none)")
+def test_a_device_index_the_worker_does_not_have_fails_the_job_naming_it():
+    from workers.errors import JobFailure
+    from workers.pipeline import pick_device
+
+    assert pick_device("cuda:0").type == "cuda"
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(JobFailure, match=f"device .{missing}. was asked for, but this worker has cuda:0 to cuda:"):
+        pick_device(missing)
