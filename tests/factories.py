@@ -207,10 +207,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_api(settings: Settings, **uvicorn_options: Any) -> Iterator[int]:
-    """create_app(settings) under a real uvicorn in a thread, on a free port; yields the port."""
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, lifespan="on", **uvicorn_options)
+def running_uvicorn(config: uvicorn.Config) -> Iterator[None]:
+    """uvicorn serving `config` in a thread: started (or failed) on entry, stopped on exit."""
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -219,10 +217,20 @@ def live_api(settings: Settings, **uvicorn_options: Any) -> Iterator[int]:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
     try:
-        yield port
+        yield
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def live_api(settings: Settings, **uvicorn_options: Any) -> Iterator[int]:
+    """create_app(settings) under a real uvicorn in a thread, on a free port; yields the port."""
+    port = free_port()
+    with running_uvicorn(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, lifespan="on", **uvicorn_options)
+    ):
+        yield port
 
 
 def worker_env(settings: Settings, **variables: str) -> dict[str, str]:

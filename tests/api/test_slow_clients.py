@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from service.api.app import create_app
 from service.api.slowclients import uvicorn_config
 from service.contract import jobstate, records
 from service.contract.settings import Settings
-from tests.factories import DIGITS_3_5, free_port
+from tests.factories import DIGITS_3_5, free_port, running_uvicorn
 
 
 @contextlib.contextmanager
@@ -27,18 +25,8 @@ def serve(settings: Settings, **changes) -> Iterator[tuple[str, int]]:
     settings = settings.model_copy(update=changes)
     port = free_port()
     config = uvicorn_config(create_app(settings), settings, host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
+    with running_uvicorn(config):
         yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def connect(address: tuple[str, int], timeout: float = 10.0) -> socket.socket:

@@ -41,9 +41,8 @@ from typing import TypeVar, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from workers.compute.structured import conv_patches, parametrised_layers
+from workers.compute.structured import conv_patches, layer_signals_of
 
 T = TypeVar("T")
 
@@ -67,28 +66,8 @@ def layer_signals(model: nn.Module, X: torch.Tensor) -> LayerSignals:
     """[(a_l, g_l)] per Conv2d and Linear layer, in registration order: the layer's input ([n, C, H, W]
     or [n, in]) and ∂(Σ z)/∂(its output) ([n, C_out, H', W'] or [n, out]), at X [n, ...] in the
     parameters' dtype."""
-    layers = parametrised_layers(model)
-    inputs: dict[int, torch.Tensor] = {}
-    outputs: dict[int, torch.Tensor] = {}
-    handles: list[RemovableHandle] = []
-
-    def make_hook(k: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            inputs[k], outputs[k] = args[0].detach(), output
-
-        return hook
-
-    for k, layer in enumerate(layers):
-        handles.append(layer.register_forward_hook(make_hook(k)))
-    try:
-        with torch.enable_grad():
-            p = next(model.parameters())
-            z = model(X.to(device=p.device, dtype=p.dtype))
-            grads = torch.autograd.grad(z.sum(), [outputs[k] for k in range(len(layers))])
-    finally:
-        for h in handles:
-            h.remove()
-    return LayerSignals((inputs[k], g.detach()) for k, g in enumerate(grads))
+    _, inputs, gradients = layer_signals_of(model, X)
+    return LayerSignals(zip(inputs, gradients, strict=True))
 
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:

@@ -81,6 +81,44 @@ def parametrised_layers(model: nn.Module) -> list[nn.Conv2d | nn.Linear]:
     return layers
 
 
+def layer_signals_of(
+    model: nn.Module, X: torch.Tensor, *, channels_last: bool = False
+) -> tuple[list[nn.Conv2d | nn.Linear], list[torch.Tensor], list[torch.Tensor]]:
+    """(layers, inputs, gradients) per Conv2d and Linear layer (`parametrised_layers`): the layer's input
+    at X [n, ...] (detached; cast to the parameters' dtype and device) and ∂(Σ z)/∂(its output) (not
+    the batch-summed weight gradients). `channels_last`: convolutions run on channels-last inputs (faster
+    on the CPU), so their recorded inputs are channels-last in memory."""
+    layers = parametrised_layers(model)
+    p = next(model.parameters())
+    inputs: dict[int, torch.Tensor] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    handles: list[RemovableHandle] = []
+
+    def make_hook(k: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            inputs[k], outputs[k] = args[0].detach(), output
+
+        return hook
+
+    def to_channels_last(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        if args[0].dim() != 4:
+            return None
+        return (args[0].to(memory_format=torch.channels_last), *args[1:])
+
+    for k, layer in enumerate(layers):
+        if channels_last and isinstance(layer, nn.Conv2d):
+            handles.append(layer.register_forward_pre_hook(to_channels_last))
+        handles.append(layer.register_forward_hook(make_hook(k)))
+    try:
+        with torch.enable_grad():
+            z = model(X.to(device=p.device, dtype=p.dtype))
+            found = torch.autograd.grad(z.sum(), [outputs[k] for k in range(len(layers))])
+    finally:
+        for h in handles:
+            h.remove()
+    return layers, [inputs[k] for k in range(len(layers))], [g.detach() for g in found]
+
+
 def _patch_view(layer: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
     """The strided view [b, C_in, out_h, out_w, k_h, k_w] of the (zero-padded) input a [b, C_in, H, W]."""
     (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
@@ -132,43 +170,16 @@ def conv_feature_width(model: nn.Module) -> int:
 def block_features(model: nn.Module, X: torch.Tensor, out: torch.Tensor | None = None) -> BlockFeatures:
     """NTK factors of the examples X [b, *input_shape] (cast to the parameters' dtype and device); the
     conv features are written into `out` [b, conv_feature_width(model)] when given."""
-    layers = parametrised_layers(model)
     p = next(model.parameters())
     b = X.shape[0]
     channels_last = p.device.type == "cpu"
-    inputs: dict[int, torch.Tensor] = {}
-    outputs: dict[int, torch.Tensor] = {}
-    handles: list[RemovableHandle] = []
-
-    def make_hook(k: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            inputs[k], outputs[k] = args[0].detach(), output
-
-        return hook
-
-    def to_channels_last(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
-        if args[0].dim() != 4:
-            return None
-        return (args[0].to(memory_format=torch.channels_last), *args[1:])
-
-    for k, layer in enumerate(layers):
-        if channels_last and isinstance(layer, nn.Conv2d):
-            handles.append(layer.register_forward_pre_hook(to_channels_last))
-        handles.append(layer.register_forward_hook(make_hook(k)))
-    try:
-        with torch.enable_grad():
-            z = model(X.to(device=p.device, dtype=p.dtype))
-            # ∂(Σ z)/∂(each layer's output) only: the batch-summed weight gradients are never needed
-            found = torch.autograd.grad(z.sum(), [outputs[k] for k in range(len(layers))])
-    finally:
-        for h in handles:
-            h.remove()
+    layers, inputs, found = layer_signals_of(model, X, channels_last=channels_last)
     features = torch.empty((b, conv_feature_width(model)), dtype=p.dtype, device=p.device) if out is None else out
     linear: list[tuple[torch.Tensor, torch.Tensor]] = []
     column = 0
     with torch.no_grad():
         for k, layer in enumerate(layers):
-            grad = found[k].detach()
+            grad = found[k]
             if isinstance(layer, nn.Conv2d):
                 delta = grad.flatten(2)  # [b, C_out, L]
                 c_out = layer.out_channels
