@@ -385,11 +385,11 @@ def _compute_tile(
         raise JobFailure("the similarity has non-finite entries (the model's θ may have diverged)")
     k = int(plan["k"])
     sides = [(i, j, upper, cs)] + ([(j, i, lower, rs)] if square and not same and lower is not None else [])
+    marks = np.load(shard_dir / "landmarks.npy") if plan.get("landmarks") else None
     for row_block, col_block, block_values, columns_of in sides:
         columns, values = tiles.topk(block_values, k, col_offset=columns_of.start, exclude=0 if same else None)
         folds.write_atomic(folds.part_path(shard_dir, row_block, col_block), {"columns": columns, "values": values})
-        if plan.get("landmarks"):
-            marks = np.load(shard_dir / "landmarks.npy")
+        if marks is not None:
             inside = marks[(marks >= columns_of.start) & (marks < columns_of.stop)] - columns_of.start
             land = _host(block_values[:, torch.from_numpy(inside).to(block_values.device)])
             folds.write_atomic(folds.land_path(shard_dir, row_block, col_block), {"land": land})
