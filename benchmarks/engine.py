@@ -19,7 +19,6 @@ import argparse
 import copy
 import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rss import current_rss, peak_rss  # noqa: E402
 
 from service.contract.spec import CNNModel, MLPModel, ResMLPModel  # noqa: E402
 from workers.compute.models import build_model  # noqa: E402
@@ -91,9 +92,9 @@ def reference(model, X, eta, max_rows, device):
 
 
 def peak_note(device):
-    """This process's peak RSS so far (ru_maxrss; a high-water mark over the sections run before), and on
+    """This process's peak RSS so far (VmHWM; a high-water mark over the sections run before), and on
     CUDA the peak GPU memory since the last such note."""
-    note = f"[process peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB"
+    note = f"[process peak RSS so far {peak_rss() / 2**20:.0f} MiB"
     if device.startswith("cuda"):
         note += f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
         torch.cuda.reset_peak_memory_stats()
@@ -138,16 +139,6 @@ def section_ab(args, X, y, label_sets, width):
     print(f"    {peak_note(device)}")
 
 
-def current_rss() -> int:
-    """Resident set size now (bytes), from /proc/self/statm on Linux, else the ru_maxrss mark."""
-    try:
-        import os
-
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _limit_child(n, d, width, device, queue):
     torch.set_num_threads(torch.get_num_threads())
     model = build_model(MLPModel(width=width), [d], seed=0).to(device)
@@ -158,7 +149,7 @@ def _limit_child(n, d, width, device, queue):
         base_gpu = torch.cuda.memory_allocated()
     similarity(model, X[:64], kind="kernelized", step=0, loss="mse")
     _, dt = timed(lambda: similarity(model, X, kind="kernelized", step=0, loss="mse"), device)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     gpu = torch.cuda.max_memory_allocated() - base_gpu if device.startswith("cuda") else None
     queue.put({"dt": dt, "rss_base": base, "rss_peak": peak, "gpu": gpu, **matmul_rates(device)})
 
@@ -182,7 +173,7 @@ def matmul_rates(device):
 
 def section_c(args):
     n, d, m = (2000, 784, 4096) if args.quick else (args.n_large, 784, args.width)
-    ctx = mp.get_context("spawn")  # fresh process: its ru_maxrss high-water mark is this run's alone
+    ctx = mp.get_context("spawn")  # fresh process: its VmHWM high-water mark is this run's alone
     q = ctx.Queue()
     p = ctx.Process(target=_limit_child, args=(n, d, m, args.device, q))
     p.start()
@@ -207,9 +198,9 @@ def section_c(args):
     if r["gpu"] is not None:
         print(f"    peak GPU memory above model+data: {r['gpu'] / 2**20:.0f} MiB")
     print(
-        f"    CPU peak RSS (ru_maxrss of a fresh process) {r['rss_peak'] / 2**20:.0f} MiB; "
+        f"    CPU peak RSS (VmHWM of a fresh process) {r['rss_peak'] / 2**20:.0f} MiB; "
         f"growth above pre-run RSS {(r['rss_peak'] - r['rss_base']) / 2**20:.0f} MiB "
-        f"(peak ru_maxrss minus RSS before the run, model + data already resident)\n"
+        f"(peak VmHWM minus RSS before the run, model + data already resident)\n"
         f"    vs 2*n*n*4 + model + data = {need / 2**20:.0f} MiB"
     )
 
@@ -241,7 +232,7 @@ def section_d(args, X):
             continue
         model = build_model(spec, [64], seed=0).to(args.device)
         R, t_ref, extrap = reference(model, Xs, 1e-3, args.ref_rows // 4, args.device)
-        S, t = timed(lambda m=model: similarity(m, Xs, kind="kernelized", step=1e-3, loss="mse"), args.device)
+        S, t = timed(lambda m=model: similarity(m, Xs, kind="kernelized", step=1e-3, loss="mse"), args.device, repeat=7)
         note = f" (loop on {R.shape[0]} rows, extrapolated)" if extrap else ""
         print(
             f"    {name:6s} exact step: {t:.2f} s vs float64 loop {t_ref:.2f} s{note} "
@@ -252,7 +243,8 @@ def section_d(args, X):
         rows = max(2, min(n, 2**30 // (4 * P)))
         Kl, t_loop = timed(lambda m=model, r=rows: per_example_jacobian_ntk(m, Xs[:r]).cpu().numpy(), args.device)
         t_loop *= n / rows
-        L, t_lim = timed(lambda m=model: similarity(m, Xs, kind="kernelized", step=0, loss="mse"), args.device)
+        limit = lambda m=model: similarity(m, Xs, kind="kernelized", step=0, loss="mse")  # noqa: E731
+        L, t_lim = timed(limit, args.device, repeat=7)
         note = f" (loop on {rows} rows, extrapolated)" if rows < n else ""
         print(
             f"    {name:6s} limit: {t_lim:.3f} s vs per-example jacobian loop {t_loop:.2f} s{note} "
@@ -265,7 +257,7 @@ def section_d(args, X):
 
 
 def _measured_child(task, kwargs, queue):
-    """Runs one measurement in a fresh process: its ru_maxrss high-water mark is this run's alone."""
+    """Runs one measurement in a fresh process: its VmHWM high-water mark is this run's alone."""
     torch.manual_seed(0)
     device = kwargs["device"]
     out, base = TASKS[task](**kwargs, rss=current_rss)
@@ -276,7 +268,7 @@ def _measured_child(task, kwargs, queue):
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     result, dt = timed(fn, device)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     gpu = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
     queue.put({"result": result, "dt": dt, "rss_peak": peak, "rss_before": before, "gpu": gpu})
 

@@ -63,20 +63,10 @@ def case_spec(case: dict) -> dict:
     }
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 def child(name: str) -> None:
     """Run one case in this process; print one JSON line."""
     import torch
+    from rss import current_rss, peak_rss, reset_peak
 
     from service.contract.spec import JobSpec
     from service.contract.storage import DataDir
@@ -86,21 +76,21 @@ def child(name: str) -> None:
     torch.set_num_threads(2)
     preload()
     spec = JobSpec.model_validate(case_spec(CASES[name]))
-    base = _status_kib("VmRSS") * 1024
+    base = current_rss()
     stages: dict[str, int] = {}
     current = ["start"]
 
     def report(fraction: float, stage: str, message: str) -> None:
         if stage != current[0]:
-            stages[current[0]] = max(stages.get(current[0], 0), _status_kib("VmHWM") * 1024)
-            _reset_peak()
+            stages[current[0]] = max(stages.get(current[0], 0), peak_rss())
+            reset_peak()
             current[0] = stage
 
     with tempfile.TemporaryDirectory() as tmp:
         run_pipeline(
             spec, job_dir=Path(tmp) / "job", data_dir=DataDir(Path(tmp) / "data"), device_setting="cpu", report=report
         )
-    stages[current[0]] = max(stages.get(current[0], 0), _status_kib("VmHWM") * 1024)
+    stages[current[0]] = max(stages.get(current[0], 0), peak_rss())
     print(json.dumps({"base": base, "stages": stages}))
 
 

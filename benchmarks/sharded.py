@@ -468,8 +468,7 @@ def neighbour_lists(n: int, clusters: int, k: int, noise: float) -> tuple[np.nda
 
 def _spectral_run(n: int, clusters: int, k: int, noise: float, method: str) -> dict[str, Any]:
     """One method on one graph, in a fresh process (its own peak RSS)."""
-    import resource
-
+    from rss import peak_rss
     from sklearn.metrics import adjusted_rand_score
 
     from workers.compute import bigcluster
@@ -491,7 +490,7 @@ def _spectral_run(n: int, clusters: int, k: int, noise: float, method: str) -> d
         "noise": noise,
         "seconds": round(time.perf_counter() - started, 1),
         "ari_vs_truth": round(float(adjusted_rand_score(truth, labels)), 4),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        "peak_rss_mib": peak_rss() // 2**20,
     }
 
 
