@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -41,8 +40,10 @@ import redis
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from service.cli.supervisor import embedded_valkey_url  # noqa: E402
 from service.contract import keys, records  # noqa: E402
 from service.contract.jobstate import ACTIVE, FINAL  # noqa: E402
+from tests.factories import start_lelastic_up  # noqa: E402
 
 TINY_SPEC = {
     "dataset": {"builtin": "digits"},
@@ -95,32 +96,15 @@ class StackProcess:
         env.pop("LELASTIC_REDIS_URL", None)
         env.pop("LELASTIC_API_KEYS_FILE", None)
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "up",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(self.workers),
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        self.process = start_lelastic_up(
+            self.data_dir, port=self.port, workers=self.workers, env=env, log=self.log, stdin=subprocess.DEVNULL
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"lelastic up exited ({self.process.returncode}); log:\n{self.tail()}")
-            match = re.search(r"redis (redis://\S+)", self.log_path.read_text(errors="replace"))
-            if match:
-                self.redis_url = match.group(1)
+            self.redis_url = embedded_valkey_url(self.data_dir)  # the log shows the URL with its password hidden
+            if self.redis_url:
                 try:
                     if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                         return

@@ -4,10 +4,12 @@ the conftest.py files). No test module imports another one; what two of them sha
     specs        tiny_spec, TINY_SPEC, DIGITS_3_5, long_spec
     files        npz_bytes, npy_bytes, csv_bytes, safetensors_bytes, blobs, blobs_npz
     HTTP         app_client, upload, submit, submit_id, read_stream
-    assertions   assert_names
+    assertions   assert_names, relative_error
+    similarity   output_of, example_loss, normalised_row, one_step_reference (torch is imported inside)
     command line subcommands, options
     processes    free_port, worker_env, stop_worker, worker_log, wait_for, wait_status, worker_running,
-                 status_events, RunningStack, assert_all_gone
+                 worker_and_horses, kill_work_horse, status_events, start_lelastic_up, RunningStack,
+                 assert_all_gone
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -40,6 +42,9 @@ from service.api.app import create_app
 from service.cli.supervisor import _alive, descendants
 from service.contract import records
 from service.contract.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,6 +190,69 @@ def assert_names(response, status: int, *fragments: str) -> list[dict]:
     return detail
 
 
+def relative_error(S: Any, R: Any) -> float:
+    """max |S − R| over max |R| of two arrays of one shape (a relative error that a few near-zero
+    entries of R do not blow up)."""
+    return float(np.abs(S - R).max() / np.abs(R).max())
+
+
+# -------------------------------------------------------------------------------------- similarity
+
+
+def output_of(z: torch.Tensor, loss: str) -> torch.Tensor:
+    """The prediction f whose change the similarity measures: sigmoid(z) under the bce loss, z under mse."""
+    import torch
+
+    return torch.sigmoid(z) if loss == "bce" else z
+
+
+def example_loss(z: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """The training loss of outputs z against labels y (one shape): Σ (z − y)² under mse, the mean
+    binary cross-entropy of sigmoid(z) under bce."""
+    import torch
+
+    if loss == "mse":
+        return ((z - y) ** 2).sum()
+    return torch.nn.functional.binary_cross_entropy(torch.sigmoid(z), y)
+
+
+def normalised_row(df: torch.Tensor, i: int, f_i: torch.Tensor, eta: float, loss: str, kind: str) -> torch.Tensor:
+    """Row i of S from df [n] = f(x_j; θ_i) − f(x_j; θ), θ_i one SGD step of size `eta` on (x_i, 1) and
+    f_i = f(x_i; θ): |df| / |df_i| for the relative kind, else df / (−eta ∂L/∂f at (f_i, 1))."""
+    if kind == "relative":
+        return df.abs() / df[i].abs()
+    dl_df = 2 * (f_i - 1) if loss == "mse" else (f_i - 1) / (f_i * (1 - f_i))
+    return df / (-eta * dl_df)
+
+
+def one_step_reference(
+    model: torch.nn.Module, X: torch.Tensor, eta: float, loss: str, kind: str, dtype: torch.dtype | None = None
+) -> np.ndarray:
+    """S [n, n] of the examples X [n, ...] by a per-example loop on the CPU in `dtype` (float64 unless
+    given): restore θ, one SGD step of size `eta` via autograd on (x_i, 1), predict every example again.
+    The model is copied, never changed."""
+    import copy
+
+    import torch
+
+    dtype = dtype or torch.float64
+    m = copy.deepcopy(model).cpu().to(dtype)
+    X = X.cpu().to(dtype)
+    theta = copy.deepcopy(m.state_dict())
+    with torch.no_grad():
+        f0 = output_of(m(X), loss)
+    rows = []
+    for i in range(X.shape[0]):
+        m.load_state_dict(theta)
+        m.zero_grad()
+        example_loss(m(X[i : i + 1]), torch.ones(1, dtype=dtype), loss).backward()
+        with torch.no_grad():
+            for p in m.parameters():
+                p -= eta * p.grad
+            rows.append(normalised_row(output_of(m(X), loss) - f0, i, f0[i], eta, loss, kind))
+    return torch.stack(rows).numpy()
+
+
 # ------------------------------------------------------------------------------------ command line
 
 
@@ -310,9 +378,44 @@ def worker_running(conn: redis.Redis, job_id: str) -> tuple[int, str] | None:
     return None
 
 
+def worker_and_horses(conn: redis.Redis, job_id: str, timeout: float = 60.0) -> tuple[int, list[int]]:
+    """(pid, work-horse pids) of the live RQ worker running `job_id`, once it has a work-horse; fails when
+    no worker runs the job within `timeout` seconds or its work-horse has not started 10 s later."""
+    pid, _ = wait_for(lambda: worker_running(conn, job_id), timeout, message=f"no worker runs {job_id}")
+    horses = wait_for(lambda: descendants(pid), 10, message="the worker has no work-horse")
+    return pid, horses
+
+
+def kill_work_horse(conn: redis.Redis, job_id: str) -> int:
+    """Once job `job_id` is `running`, SIGKILL the one work-horse running it (what the kernel's OOM killer
+    sends) and leave its worker alive; returns the worker's pid."""
+    wait_status(conn, job_id, ("running",), timeout=60)
+    pid, (horse,) = worker_and_horses(conn, job_id, timeout=30)
+    os.kill(horse, signal.SIGKILL)
+    return pid
+
+
 def status_events(conn: redis.Redis, job_id: str) -> list[str]:
     """The statuses of the job's `status` events, in order."""
     return [data["status"] for _, event, data in records.read_events(conn, job_id) if event == "status"]
+
+
+def start_lelastic_up(
+    data_dir: Path, *, port: int, workers: int, env: dict[str, str], log: IO[bytes], **popen: Any
+) -> subprocess.Popen[bytes]:
+    """`python -m service.cli up` (the `lelastic up` stack) serving on `port` with `workers` worker
+    processes over `data_dir`, run from the repository root in the environment `env`, its stdout and
+    stderr both written to `log`; `popen` is passed on to subprocess.Popen. benchmarks/load.py starts
+    its stack with it too."""
+    argv = ["--port", str(port), "--workers", str(workers), "--data-dir", str(data_dir)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "up", *argv],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        **popen,
+    )
 
 
 class RunningStack:
@@ -326,24 +429,7 @@ class RunningStack:
         self.log_path = data_dir / f"up-{self.port}.log"
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("LELASTIC_")}, **(env or {})}
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "up",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-                "--data-dir",
-                str(data_dir),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = start_lelastic_up(data_dir, port=self.port, workers=workers, env=env, log=self.log)
 
     def wait_for(self, path: str, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout

@@ -117,6 +117,18 @@ def _queue(conn: redis.Redis, settings: CommonSettings) -> Queue:
     )
 
 
+def _step_options(settings: CommonSettings, *, result_ttl: int) -> dict[str, Any]:
+    """The RQ options shared by every step a sharded job queues (its tiles and its reduce step): the job
+    time limit, its result and its failure kept `result_ttl` seconds, one retry, then `on_tile_failure`."""
+    return {
+        "timeout": settings.job_timeout,
+        "result_ttl": result_ttl,
+        "failure_ttl": result_ttl,
+        "retry": Retry(max=1),
+        "on_failure": Callback(ON_TILE_FAILURE),
+    }
+
+
 def enqueue_tiles(
     conn: redis.Redis, settings: CommonSettings, job_id: str, tiles: Sequence[tuple[int, int]], *, result_ttl: int
 ) -> None:
@@ -127,12 +139,8 @@ def enqueue_tiles(
             TILE_TASK,
             args=(job_id, i, j),
             job_id=tile_job_id(job_id, i, j),
-            timeout=settings.job_timeout,
-            result_ttl=result_ttl,
-            failure_ttl=result_ttl,
             description=f"lelastic job {job_id} tile {tile_name(i, j)}",
-            retry=Retry(max=1),
-            on_failure=Callback(ON_TILE_FAILURE),
+            **_step_options(settings, result_ttl=result_ttl),
         )
         for i, j in tiles
     ]
@@ -200,13 +208,9 @@ def enqueue_reduce(conn: redis.Redis, settings: CommonSettings, job_id: str, *, 
             REDUCE_TASK,
             args=(job_id,),
             job_id=reduce_job_id(job_id),
-            timeout=settings.job_timeout,
-            result_ttl=result_ttl,
-            failure_ttl=result_ttl,
             description=f"lelastic job {job_id} reduce",
-            retry=Retry(max=1),
-            on_failure=Callback(ON_TILE_FAILURE),
             unique=True,
+            **_step_options(settings, result_ttl=result_ttl),
         )
     except DuplicateJobError:
         return False

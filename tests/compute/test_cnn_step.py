@@ -10,6 +10,7 @@ from torch import nn
 from torch.func import functional_call
 
 from service.contract.spec import CNNModel
+from tests.factories import relative_error
 from workers.compute import propagation
 from workers.compute import similarity as sim
 from workers.compute.convprop import ConvReluPool
@@ -67,10 +68,6 @@ def reference_similarities(model, X, *, step, loss):
     }
 
 
-def rel_err(S, R):
-    return float(np.abs(S - R).max() / np.abs(R).max())
-
-
 def cnn_case(name):
     """(a CNN, its images) of the SHAPES entry `name`."""
     shape, n = SHAPES[name]
@@ -87,7 +84,7 @@ def test_the_cnn_exact_step_matches_the_float64_loop(name, loss, monkeypatch):
         for kind, R in reference_similarities(model, X, step=step, loss=loss).items():
             S = similarity(model, X, kind=kind, step=step, loss=loss)
             assert S.dtype == np.float32 and S.shape == R.shape
-            assert rel_err(S, R) <= 1e-4, (step, kind, rel_err(S, R))
+            assert relative_error(S, R) <= 1e-4, (step, kind, relative_error(S, R))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 

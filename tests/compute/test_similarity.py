@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from service.contract.spec import CNNModel, LinearModel, MLPModel, ResMLPModel
+from tests.factories import example_loss, normalised_row, one_step_reference, output_of, relative_error
 from workers.compute import similarity as sim
 from workers.compute.models import build_model
 from workers.compute.ntk import ntk, two_layer_features
@@ -15,46 +16,6 @@ N, D = 12, 16
 
 def data(n=N, d=D, seed=1):
     return torch.rand(n, d, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-def loss_value(z, y, loss):
-    if loss == "mse":
-        return ((z - y) ** 2).sum()
-    return torch.nn.functional.binary_cross_entropy(torch.sigmoid(z), y)
-
-
-def f_of(z, loss):
-    return torch.sigmoid(z) if loss == "bce" else z
-
-
-def normalise(df, i, f_i, eta, loss, kind):
-    if kind == "relative":
-        return df.abs() / df[i].abs()
-    dl_df = 2 * (f_i - 1) if loss == "mse" else (f_i - 1) / (f_i * (1 - f_i))
-    return df / (-eta * dl_df)
-
-
-def reference(model, X, eta, loss, kind):
-    """Float64 per-example loop: restore θ, one SGD step via autograd on (x_i, 1), re-predict."""
-    m = copy.deepcopy(model).double()
-    X = X.double()
-    theta = copy.deepcopy(m.state_dict())
-    with torch.no_grad():
-        f0 = f_of(m(X), loss)
-    rows = []
-    for i in range(X.shape[0]):
-        m.load_state_dict(theta)
-        m.zero_grad()
-        loss_value(m(X[i : i + 1]), torch.ones(1, dtype=torch.float64), loss).backward()
-        with torch.no_grad():
-            for p in m.parameters():
-                p -= eta * p.grad
-            rows.append(normalise(f_of(m(X), loss) - f0, i, f0[i], eta, loss, kind))
-    return torch.stack(rows).numpy()
-
-
-def rel_err(S, R):
-    return float(np.abs(S - R).max() / np.abs(R).max())
 
 
 FAST = [
@@ -79,7 +40,7 @@ def test_exact_step_matches_float64_loop(spec, loss, kind):
     for eta in (1e-6, 1e-3, 1e-1):
         S = similarity(model, X, kind=kind, step=eta, loss=loss)
         assert S.dtype == np.float32 and S.shape == (N, N)
-        assert rel_err(S, reference(model, X, eta, loss, kind)) < 1e-4, eta
+        assert relative_error(S, one_step_reference(model, X, eta, loss, kind)) < 1e-4, eta
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
 
 
@@ -87,14 +48,14 @@ def test_cnn_exact_step_matches_float64_loop():
     model, X = build_model(CNNModel(arch="cnn"), [64], seed=0), data(6, 64)
     for loss in ("mse", "bce"):
         S = similarity(model, X, kind="kernelized", step=1e-3, loss=loss)
-        assert rel_err(S, reference(model, X, 1e-3, loss, "kernelized")) < 1e-4
+        assert relative_error(S, one_step_reference(model, X, 1e-3, loss, "kernelized")) < 1e-4
 
 
 def test_relu_crossings_matter_and_are_corrected():
     """At η = 0.1 the linear-in-pattern part alone is off by far more than our tolerance."""
     model, X = build_model(MLPModel(width=64), [D], seed=0), data()
     eta = 0.1
-    R = reference(model, X, eta, "mse", "kernelized")
+    R = one_step_reference(model, X, eta, "mse", "kernelized")
     z = sim._z64(model, X)
     s = (eta * 2 * (z - 1)).float()
     with torch.no_grad():
@@ -102,8 +63,8 @@ def test_relu_crossings_matter_and_are_corrected():
         Da = f["D"] * f["a"]
         E = f["X"] @ f["X"].T + 1
         no_crossing = (E * ((Da - s[:, None] * f["H"]) @ Da.T) + f["H"] @ f["H"].T + 1).numpy()
-    assert rel_err(no_crossing, R) > 1e-2
-    assert rel_err(similarity(model, X, kind="kernelized", step=eta, loss="mse"), R) < 1e-4
+    assert relative_error(no_crossing, R) > 1e-2
+    assert relative_error(similarity(model, X, kind="kernelized", step=eta, loss="mse"), R) < 1e-4
 
 
 @pytest.mark.parametrize("spec", [MLPModel(width=64), ResMLPModel(arch="resmlp", width=8)], ids=lambda s: s.arch)
@@ -112,8 +73,8 @@ def test_relu_crossings_matter_and_are_corrected():
 def test_small_step_approaches_limit(spec, loss, kind):
     model, X = build_model(spec, [D], seed=0), data()
     limit = similarity(model, X, kind=kind, step=0, loss=loss)
-    assert rel_err(similarity(model, X, kind=kind, step=1e-5, loss=loss), limit) < 1e-3
-    assert rel_err(similarity(model, X, kind=kind, step=0.3, loss=loss), limit) > 1e-3  # finite η differs
+    assert relative_error(similarity(model, X, kind=kind, step=1e-5, loss=loss), limit) < 1e-3
+    assert relative_error(similarity(model, X, kind=kind, step=0.3, loss=loss), limit) > 1e-3  # finite η differs
 
 
 def test_limit_matches_ntk_formulas():
@@ -124,33 +85,20 @@ def test_limit_matches_ntk_formulas():
         f = torch.sigmoid(model(X)).double().numpy()
     w = f * (1 - f)
     Kf = w[:, None] * w[None, :] * K
-    assert rel_err(similarity(model, X, kind="kernelized", step=0, loss="mse"), K) < 1e-5
-    assert rel_err(similarity(model, X, kind="kernelized", step=0, loss="bce"), Kf) < 1e-5
+    assert relative_error(similarity(model, X, kind="kernelized", step=0, loss="mse"), K) < 1e-5
+    assert relative_error(similarity(model, X, kind="kernelized", step=0, loss="bce"), Kf) < 1e-5
     rel = similarity(model, X, kind="relative", step=0, loss="bce")
-    assert rel_err(rel, np.abs(Kf) / np.diag(Kf)[:, None]) < 1e-5
+    assert relative_error(rel, np.abs(Kf) / np.diag(Kf)[:, None]) < 1e-5
 
 
 def test_naive_float32_differencing_is_noisy_but_ours_is_not():
     """Why the exact path exists: f(θ_i) − f(θ) in float32 at η = 1e-6 loses most digits."""
     model, X = build_model(MLPModel(width=64), [D], seed=0), data()
     eta = 1e-6
-    R = reference(model, X, eta, "mse", "kernelized")
-    m = copy.deepcopy(model)
-    theta = copy.deepcopy(m.state_dict())
-    with torch.no_grad():
-        f0 = m(X)
-    rows = []
-    for i in range(N):
-        m.load_state_dict(theta)
-        m.zero_grad()
-        loss_value(m(X[i : i + 1]), torch.ones(1), "mse").backward()
-        with torch.no_grad():
-            for p in m.parameters():
-                p -= eta * p.grad
-            rows.append(normalise(m(X) - f0, i, f0[i], eta, "mse", "kernelized"))
-    naive = torch.stack(rows).numpy()
-    assert rel_err(naive, R) > 1e-3  # > 10× our tolerance (typically 3e-3 here, worse when |z| is large)
-    assert rel_err(similarity(model, X, kind="kernelized", step=eta, loss="mse"), R) < 1e-5
+    R = one_step_reference(model, X, eta, "mse", "kernelized")
+    naive = one_step_reference(model, X, eta, "mse", "kernelized", dtype=torch.float32)
+    assert relative_error(naive, R) > 1e-3  # > 10× our tolerance (typically 3e-3 here, worse when |z| is large)
+    assert relative_error(similarity(model, X, kind="kernelized", step=eta, loss="mse"), R) < 1e-5
 
 
 @pytest.mark.parametrize("spec", [MLPModel(width=32), ResMLPModel(arch="resmlp", width=8)], ids=lambda s: s.arch)
@@ -160,7 +108,7 @@ def test_permuting_examples_permutes_S(spec, step):
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(0)).numpy()
     S = similarity(model, X, kind="kernelized", step=step, loss="bce")
     Sp = similarity(model, X[perm], kind="kernelized", step=step, loss="bce")
-    assert rel_err(Sp, S[perm][:, perm]) < 1e-5
+    assert relative_error(Sp, S[perm][:, perm]) < 1e-5
 
 
 @pytest.mark.parametrize(
@@ -176,7 +124,7 @@ def test_zero_loss_derivative_uses_limit_row(spec):
         last.bias.fill_(1.0)
     S = similarity(model, X, kind="kernelized", step=0.1, loss="mse")
     assert np.isfinite(S).all()
-    assert rel_err(S, ntk(model.double(), X.double()).numpy()) < 1e-6
+    assert relative_error(S, ntk(model.double(), X.double()).numpy()) < 1e-6
 
 
 def trajectory_by_hand(model, X, X_aux, eta, loss, kind, seed):
@@ -187,15 +135,15 @@ def trajectory_by_hand(model, X, X_aux, eta, loss, kind, seed):
     S = np.zeros((len(X), len(X)))
     for k in order:
         with torch.no_grad():
-            f0 = f_of(m(X.double()), loss)
+            f0 = output_of(m(X.double()), loss)
         m.zero_grad()
-        loss_value(m(data_all[k : k + 1]), y[k : k + 1], loss).backward()
+        example_loss(m(data_all[k : k + 1]), y[k : k + 1], loss).backward()
         with torch.no_grad():
             for p in m.parameters():
                 p -= eta * p.grad
-            f1 = f_of(m(X.double()), loss)
+            f1 = output_of(m(X.double()), loss)
         if k < len(X):
-            S[k] = normalise(f1 - f0, k, f0[k], eta, loss, kind).numpy()
+            S[k] = normalised_row(f1 - f0, k, f0[k], eta, loss, kind).numpy()
     return S
 
 
@@ -206,9 +154,9 @@ def test_trajectory_matches_hand_loop(loss, kind):
     X, X_aux = data(6), data(4, seed=2)
     before = [p.detach().clone() for p in model.parameters()]
     S = similarity(model, X, kind=kind, step=0.2, loss=loss, schedule="trajectory", X_aux=X_aux, seed=5)
-    assert rel_err(S, trajectory_by_hand(model, X, X_aux, 0.2, loss, kind, 5)) < 1e-5
+    assert relative_error(S, trajectory_by_hand(model, X, X_aux, 0.2, loss, kind, 5)) < 1e-5
     fixed = similarity(model, X, kind=kind, step=0.2, loss=loss)
-    assert rel_err(S, fixed) > 1e-3  # θ really is carried forward
+    assert relative_error(S, fixed) > 1e-3  # θ really is carried forward
     assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
 
 

@@ -3,22 +3,17 @@ same worker goes on to run the next queued job."""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 
-from service.cli.supervisor import descendants
 from tests.factories import (
     TINY_SPEC,
     app_client,
+    kill_work_horse,
     long_spec,
     stop_worker,
     submit_id,
-    wait_for,
     wait_status,
     worker_log,
-    worker_running,
 )
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
@@ -33,11 +28,7 @@ def test_a_killed_work_horse_fails_its_job_and_the_worker_runs_the_next_one(
         with app_client(no_retry) as client:
             doomed = submit_id(client, long_spec(10000))
             following = submit_id(client, TINY_SPEC)
-            wait_status(redis_conn, doomed, ("running",), timeout=60)
-            pid, _ = wait_for(lambda: worker_running(redis_conn, doomed), 30)
-            assert pid == worker.pid
-            (horse,) = wait_for(lambda: descendants(pid), 10)
-            os.kill(horse, signal.SIGKILL)
+            assert kill_work_horse(redis_conn, doomed) == worker.pid
 
             record = wait_status(redis_conn, doomed, ("failed", "succeeded", "canceled"), timeout=30)
             assert record.status == "failed"

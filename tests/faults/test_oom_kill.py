@@ -3,15 +3,13 @@ run again even with retries left, since a second run would meet the same end."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
 
 from service.cli.supervisor import descendants
 from service.contract.queue import fetch_rq_job
-from tests.factories import app_client, long_spec, stop_worker, submit_id, wait_for, wait_status, worker_running
+from tests.factories import app_client, kill_work_horse, long_spec, stop_worker, submit_id, wait_status
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -22,10 +20,7 @@ def test_a_sigkilled_work_horse_fails_its_job_without_a_retry(settings, redis_co
     try:
         with app_client(retrying) as client:
             job_id = submit_id(client, long_spec(10000))
-            wait_status(redis_conn, job_id, ("running",), timeout=60)
-            pid, _ = wait_for(lambda: worker_running(redis_conn, job_id), 30)
-            (horse,) = wait_for(lambda: descendants(pid), 10)
-            os.kill(horse, signal.SIGKILL)
+            pid = kill_work_horse(redis_conn, job_id)
 
             record = wait_status(redis_conn, job_id, ("failed", "succeeded", "canceled"), timeout=30)
             assert record.status == "failed"

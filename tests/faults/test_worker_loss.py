@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from service.cli.supervisor import _alive, descendants
+from service.cli.supervisor import _alive
 from tests.factories import (
     app_client,
     long_spec,
@@ -18,6 +18,7 @@ from tests.factories import (
     submit_id,
     wait_for,
     wait_status,
+    worker_and_horses,
     worker_log,
     worker_running,
 )
@@ -27,8 +28,7 @@ pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
 def kill_worker_running(conn, job_id: str, timeout: float = 60) -> tuple[int, list[int]]:
     """SIGKILL the worker process running `job_id`; returns (its pid, its horse pids)."""
-    pid, _ = wait_for(lambda: worker_running(conn, job_id), timeout, message=f"no worker runs {job_id}")
-    horses = wait_for(lambda: descendants(pid), 10, message="the worker has no work-horse")
+    pid, horses = worker_and_horses(conn, job_id, timeout)
     os.kill(pid, signal.SIGKILL)
     return pid, horses
 

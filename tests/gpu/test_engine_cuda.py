@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from service.contract.spec import CNNModel, LinearModel, MLPModel, ResMLPModel
+from tests.factories import one_step_reference, relative_error
 from workers.compute.models import build_model
 from workers.compute.ntk import ntk
 from workers.compute.scalar_net import capabilities_of
@@ -28,40 +29,6 @@ SPECS = [
     CNNModel(arch="cnn"),
 ]
 N = 12
-
-
-def f_of(z, loss):
-    return torch.sigmoid(z) if loss == "bce" else z
-
-
-def reference(model, X, eta, loss, kind):
-    """Float64 per-example loop on the CPU: restore θ, one SGD step via autograd on (x_i, 1), re-predict."""
-    m = copy.deepcopy(model).cpu().double()
-    X = X.cpu().double()
-    theta = copy.deepcopy(m.state_dict())
-    with torch.no_grad():
-        f0 = f_of(m(X), loss)
-    rows = []
-    for i in range(X.shape[0]):
-        m.load_state_dict(theta)
-        m.zero_grad()
-        z = m(X[i : i + 1])
-        value = ((z - 1) ** 2).sum() if loss == "mse" else -torch.log(torch.sigmoid(z)).sum()
-        value.backward()
-        with torch.no_grad():
-            for p in m.parameters():
-                p -= eta * p.grad
-            df = f_of(m(X), loss) - f0
-        if kind == "relative":
-            rows.append(df.abs() / df[i].abs())
-        else:
-            dl_df = 2 * (f0[i] - 1) if loss == "mse" else -1 / f0[i]
-            rows.append(df / (-eta * dl_df))
-    return torch.stack(rows).numpy()
-
-
-def rel_err(S, R):
-    return float(np.abs(S - R).max() / np.abs(R).max())
 
 
 def shape_of(spec):
@@ -100,10 +67,10 @@ def test_every_ntk_implementation_on_cuda_equals_the_float64_cpu_jacobian(spec):
 def test_the_exact_step_on_cuda_equals_the_float64_cpu_loop(spec, loss, kind):
     model, X = build_model(spec, shape_of(spec), seed=0), data(spec)
     for eta in (1e-3, 1e-1):
-        R = reference(model, X, eta, loss, kind)
+        R = one_step_reference(model, X, eta, loss, kind)
         S = similarity(model.to(DEVICE), X.to(DEVICE), kind=kind, step=eta, loss=loss)
         model.cpu()
-        assert rel_err(S, R) < 1e-4, eta
+        assert relative_error(S, R) < 1e-4, eta
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=spec_id)
@@ -113,7 +80,7 @@ def test_the_limit_on_cuda_equals_the_float64_cpu_limit(spec, loss, kind):
     model, X = build_model(spec, shape_of(spec), seed=0), data(spec)
     expected = similarity(copy.deepcopy(model).double(), X.double(), kind=kind, step=0, loss=loss)
     S = similarity(model.to(DEVICE), X.to(DEVICE), kind=kind, step=0, loss=loss)
-    assert rel_err(S, expected) < 1e-5
+    assert relative_error(S, expected) < 1e-5
 
 
 @pytest.mark.parametrize("spec", [MLPModel(width=64), ResMLPModel(arch="resmlp", width=16), CNNModel(arch="cnn")])
@@ -127,7 +94,7 @@ def test_the_trajectory_and_the_activation_kind_on_cuda_equal_the_cpu(spec):
     model.to(DEVICE)
     Xd, Xad = X.to(DEVICE), Xa.to(DEVICE)
     gpu = similarity(model, Xd, kind="kernelized", step=1e-2, loss="mse", schedule="trajectory", X_aux=Xad, seed=3)
-    assert rel_err(gpu, cpu) < 1e-6
+    assert relative_error(gpu, cpu) < 1e-6
     if relu_patterns:
         np.testing.assert_allclose(similarity(model, Xd, kind="activation", step=0, loss="mse"), patterns, atol=1e-6)
 
@@ -143,7 +110,7 @@ def test_a_tile_ranked_on_cuda_equals_the_cpu_tile(step):
     device_model = copy.deepcopy(model).to(DEVICE)
     upper, lower = tile_similarity(device_model, X[:16].to(DEVICE), X[16:].to(DEVICE), **options)
     assert upper.device.type == torch.device(DEVICE).type and lower is not None
-    assert rel_err(upper.cpu().numpy(), cpu_upper.numpy()) <= 1e-5
+    assert relative_error(upper.cpu().numpy(), cpu_upper.numpy()) <= 1e-5
     columns, values = topk(upper, 5, col_offset=16)
     cpu_columns, cpu_values = topk(cpu_upper, 5, col_offset=16)
     assert np.array_equal(columns, cpu_columns)
