@@ -126,8 +126,28 @@ def replace_non_finite(value: Any, replacement: Callable[[float], Any]) -> Any:
 
 
 def json_safe(value: Any) -> Any:
-    """`value` made JSON-encodable: NaN/±Inf become the strings "nan"/"inf"/"-inf"."""
-    return replace_non_finite(jsonable_encoder(value), repr)
+    """`value` made JSON-encodable: NaN/±Inf become the strings "nan"/"inf"/"-inf", and a lone surrogate in
+    a string (valid in a JSON escape, not in UTF-8) its escape, e.g. "\\ud800"."""
+    return _utf8_safe(replace_non_finite(jsonable_encoder(value), repr))
+
+
+def utf8_text(text: str) -> str:
+    """`text` with every lone surrogate (which UTF-8 cannot encode) written as its escape, e.g. "\\ud800"."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _utf8_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return utf8_text(value)
+    if isinstance(value, list):
+        return [_utf8_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {_utf8_safe(k): _utf8_safe(v) for k, v in value.items()}
+    return value
 
 
 #: Longest echo of a bad value in an error body; a longer one is cut to a prefix of its JSON text.
@@ -165,8 +185,31 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, errors)
 
 
+#: What FastAPI's 400 says when a body could not be decoded at all (not UTF-8, or nested too deeply).
+UNPARSED_BODY = "There was an error parsing the body"
+
+
+def _unparsed_body(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """422 for a body that is not JSON text FastAPI could decode, naming why and what is allowed."""
+    if isinstance(exc.__cause__, RecursionError):
+        why = "it nests arrays or objects too deeply"
+    elif isinstance(exc.__cause__, UnicodeError):
+        why = "it is not UTF-8 text"
+    else:
+        why = "it is not JSON text"
+    msg = f"the body cannot be read as JSON: {why}; send the job spec as a JSON object (UTF-8, uncompressed)"
+    encoding = request.headers.get("content-encoding")
+    if encoding and encoding.strip().lower() != "identity":
+        msg += f"; Content-Encoding {encoding!r} is not supported"
+    entry = issue(["body"], msg, None)
+    entry["type"] = "json_invalid"
+    return error_response(422, [entry])
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == UNPARSED_BODY:
+        return _unparsed_body(request, exc)
     msg = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404:
         msg = f"no route {request.url.path!r}; the API lives under /v1 (see /docs)"

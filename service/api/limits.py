@@ -34,6 +34,7 @@ from service.api.errors import InvalidInput, TooManyRequests, issue
 from service.contract import keys, queue, records
 from service.contract.jobstate import ACTIVE
 from service.contract.settings import Settings
+from service.contract.spec import MAX_SELECTED_LABELS
 
 RATE_WINDOW_SECONDS = 60
 #: Seconds an event stream's lease lasts unless renewed (streams renew theirs every few seconds).
@@ -85,6 +86,21 @@ def check_dataset(shape: tuple[int, ...] | list[int], settings: Settings) -> Non
     found = dataset_issues(shape, settings)
     if found:
         raise InvalidInput(found)
+
+
+#: Most distinct labels in an uploaded dataset: as many as one selection may name. Every class is kept in
+#: the dataset's record (classes, counts, names), which each listing page and job submission reads.
+MAX_CLASSES = MAX_SELECTED_LABELS
+
+
+def check_classes(count: int) -> None:
+    """InvalidInput when an uploaded dataset has more than MAX_CLASSES distinct labels."""
+    if count > MAX_CLASSES:
+        msg = (
+            f"y has {count} distinct labels; at most {MAX_CLASSES} are allowed (as many as a selection can "
+            "name): upload without labels and select rows by 'indices' instead"
+        )
+        raise InvalidInput.at(["body", "y"], msg, count)
 
 
 # -------------------------------------------------------------------------------- active jobs

@@ -46,15 +46,22 @@ def friendly_errors(
     return list(merged.values())
 
 
+#: An enum member as pydantic names it among a literal's values, `<JobStatus.QUEUED: 'queued'>`: its value is kept.
+ENUM_MEMBER = re.compile(r"<\w+\.\w+: ('[^']*')>")
+
+
 def _rewritten(error: dict[str, Any], body: Any) -> dict[str, Any]:
     kind = str(error.get("type", ""))
     loc = _user_loc(list(error.get("loc", ())), body, keep_last=kind in ("missing", "extra_forbidden"))
     msg = str(error.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    msg = re.sub(r" or instance of \w+", "", msg)
+    msg = ENUM_MEMBER.sub(r"\1", re.sub(r" or instance of \w+", "", msg))
     entry: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": error.get("input")}
     ctx = error.get("ctx")
     if ctx:
-        entry["ctx"] = {k: v for k, v in ctx.items() if k != "error"} or None
+        entry["ctx"] = {
+            k: ENUM_MEMBER.sub(r"\1", v) if isinstance(v, str) else v for k, v in ctx.items() if k != "error"
+        }
+        entry["ctx"] = entry["ctx"] or None
         if entry["ctx"] is None:
             del entry["ctx"]
     suggestion = _suggestion(kind, loc, error, body)

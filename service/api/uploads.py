@@ -36,6 +36,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from service.api import limits
 from service.api.errors import InvalidInput, PayloadTooLarge
 from service.contract.settings import Settings
+from service.contract.spec import MAX_LABEL_CHARS
 
 FORMATS = (".npz", ".npy", ".csv", ".safetensors")
 FORM_FIELDS = ("file", "label_column")
@@ -283,8 +284,27 @@ def check_header(
     if name == "y":
         if shape != (n,):
             raise InvalidInput.at(["body", "y"], f"y must have shape [{n}] (one label per row of X)", list(shape))
+        check_label_size(dtype, math.prod(shape), settings)
         return
     check_dataset_size(shape, settings)
+
+
+def check_label_size(dtype: np.dtype, n: int, settings: Settings) -> None:
+    """Refuse y by its header: string labels of at most MAX_LABEL_CHARS characters, and y within
+    max_dataset_bytes once decoded (before a byte of it is decompressed)."""
+    chars = dtype.itemsize // 4 if dtype.kind == "U" else dtype.itemsize
+    if dtype.kind in "US" and chars > MAX_LABEL_CHARS:
+        msg = (
+            f"string labels of {chars} characters (dtype {dtype.str!r}); label names are at most "
+            f"{MAX_LABEL_CHARS} characters"
+        )
+        raise InvalidInput.at(["body", "y"], msg, dtype.str)
+    decoded = n * dtype.itemsize
+    if decoded > settings.max_dataset_bytes:
+        found = limits.limit_issue(
+            ["body", "file", "y"], "y", decoded, "max_dataset_bytes", settings.max_dataset_bytes, " bytes"
+        )
+        raise InvalidInput([found])
 
 
 def check_dataset_size(shape: tuple[int, ...] | list[int], settings: Settings) -> None:
@@ -341,8 +361,8 @@ def checked_dataset(X: np.ndarray, y: np.ndarray | None) -> ParsedDataset:
             ["body", "y"], f"y must have shape [{X.shape[0]}] (one label per row of X)", list(y.shape)
         )
     if y.dtype.kind in "US":  # string labels: numbered in sorted order, the names kept
-        names, numbers = np.unique(y.astype(str), return_inverse=True)
-        return ParsedDataset(X32, numbers.astype(np.int64), label_names=[str(name) for name in names])
+        names, numbers = np.unique(y, return_inverse=True)
+        return ParsedDataset(X32, numbers.astype(np.int64), label_names=[_label_name(name) for name in names])
     if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(np.isfinite(y))):
         raise InvalidInput.at(
             ["body", "y"], f"y must hold integer or string labels; got dtype {y.dtype.str!r}", str(y.dtype)
@@ -353,6 +373,20 @@ def checked_dataset(X: np.ndarray, y: np.ndarray | None) -> ParsedDataset:
     if np.any(np.abs(y.astype(np.float64)) > 2**62):
         raise InvalidInput.at(["body", "y"], "labels must fit in a 64-bit integer", None)
     return ParsedDataset(X32, y.astype(np.int64))
+
+
+def _label_name(value: np.str_ | np.bytes_) -> str:
+    """A string label as text: non-empty UTF-8 (a NumPy string drops trailing NULs, so "\\0" is empty)."""
+    try:
+        text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        text.encode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError) as exc:
+        msg = f"string labels must be UTF-8 text (no lone surrogates or invalid bytes): {exc.reason}"
+        shown = repr(bytes(value) if isinstance(value, bytes) else str(value))
+        raise InvalidInput.at(["body", "y"], msg, shown[:100]) from exc
+    if not text:
+        raise InvalidInput.at(["body", "y"], "string labels must not be empty", "")
+    return text
 
 
 # ------------------------------------------------------------------------------------------ csv
@@ -435,6 +469,9 @@ def read_csv(path: Path, settings: Settings, *, label_column: str | None) -> Par
                                 f"column {names[label_index]!r} holds the labels (found by its name); send "
                                 "label_column to choose another column"
                             )
+                    if label_index is not None and len(names) == 1:
+                        msg = f"column {names[label_index]!r} holds the labels and no column is left for features"
+                        raise InvalidInput.at(["body", "file", f"row {line}"], msg, names)
                     if is_header:
                         continue
                 if len(row) != len(names):
@@ -547,6 +584,10 @@ def read_safetensors_header(path: Path, settings: Settings) -> dict[str, dict[st
     tensors: dict[str, dict[str, Any]] = {}
     spans = []
     for name, entry in header.items():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise bad("tensor names must be UTF-8 text (no lone surrogates)", repr(name)[:100]) from exc
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise bad(f"tensor {name[:100]!r} needs exactly dtype, shape and data_offsets", entry)
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]

@@ -73,15 +73,21 @@ class BuiltinDataset(StrictModel):
         return {"n": 2 * half, "shape": SYNTHETIC_INFO[self.builtin]["shape"], "classes": [0, 1]}
 
 
+#: Most class labels one selection may name; an uploaded dataset may have no more distinct labels.
+MAX_SELECTED_LABELS = 1000
+#: Longest name of a string class label, in characters (a selection's and an upload's).
+MAX_LABEL_CHARS = 200
+
+
 class Selection(StrictModel):
     """A subset of a dataset's examples: by class label or by row index (exactly one of the two)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"labels": [3, 5]}, {"indices": [0, 1, 2]}]})
 
-    labels: list[int | Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+    labels: list[int | Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]] | None = Field(
         default=None,
         min_length=1,
-        max_length=1000,
+        max_length=MAX_SELECTED_LABELS,
         description="Class labels: integers, or the names of a dataset uploaded with string labels.",
         examples=[[3, 5]],
     )

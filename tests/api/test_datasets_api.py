@@ -105,6 +105,18 @@ def test_safetensors_is_stored_as_weights_with_its_tensors(client, settings):
             422,
             ["F99", "allowed"],
         ),
+        ("x.npz", npz_bytes(X=np.ones((3, 2)), y=np.array(["a", "\ud800", "b"])), 422, ['"y"', "UTF-8", "ud800"]),
+        ("x.npz", npz_bytes(X=np.ones((3, 2)), y=np.array([b"a", b"\xff", b"b"])), 422, ['"y"', "UTF-8", "xff"]),
+        ("x.npz", npz_bytes(X=np.ones((3, 2)), y=np.array(["a", "\0", "b"])), 422, ['"y"', "must not be empty"]),
+        ("x.npz", npz_bytes(X=np.ones((3, 2)), y=np.array(["a" * 201, "b", "c"])), 422, ['"y"', "at most 200"]),
+        ("x.csv", b"label\n1\n2\n", 422, ["row 1", "'label' holds the labels", "no column"]),
+        (
+            "w.safetensors",
+            safetensors_bytes({}, header=b'{"\\ud800": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}')
+            + b"\0" * 4,
+            422,
+            ["safetensors", "tensor names must be UTF-8", "ud800"],
+        ),
     ],
     ids=[
         "pickle",
@@ -123,6 +135,12 @@ def test_safetensors_is_stored_as_weights_with_its_tensors(client, settings):
         "st-length",
         "st-size",
         "st-dtype",
+        "y-surrogate",
+        "y-bytes-not-utf8",
+        "y-empty-name",
+        "y-long-name",
+        "csv-only-labels",
+        "st-name-surrogate",
     ],
 )
 def test_bad_uploads_are_rejected_naming_the_problem(client, settings, filename, content, status, fragments):

@@ -118,6 +118,27 @@ def test_the_spec_does_not_coerce_types(client, value):
     assert_names(submit(client, seed=value), 422, "seed")
 
 
+def test_a_lone_surrogate_in_the_spec_is_422_naming_it(client):
+    body = json.dumps(DIGITS_3_5).replace('"labels": [3, 5]', '"labels": ["\\ud800", 5]')
+    response = client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert_names(response, 422, "primary", "labels", "\\\\ud800")
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "fragments"),
+    [
+        (b'{"a":' * 50_000 + b"1" + b"}" * 50_000, {}, ["nests", "too deeply"]),
+        (b"[" * 100_000 + b"]" * 100_000, {}, ["nests", "too deeply"]),
+        (b"\x1f\x8b\x08\x00" + b"\0" * 20, {"Content-Encoding": "gzip"}, ["not UTF-8", "Content-Encoding 'gzip'"]),
+    ],
+    ids=["deep-object", "deep-array", "gzip"],
+)
+def test_a_body_that_is_not_json_text_is_422_naming_why(client, body, headers, fragments):
+    response = client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json", **headers})
+    detail = assert_names(response, 422, "cannot be read as JSON", *fragments)
+    assert detail[0]["loc"] == ["body"]
+
+
 # ----------------------------------------------------------------------------------- uploads
 
 
@@ -136,6 +157,25 @@ def test_a_zip_bomb_is_refused_from_its_header_before_decompressing(settings):
         assert detail[0]["ctx"]["limit"] == "max_dataset_bytes"
         assert client.get("/v1/datasets").json()["count"] == 0
         assert not list((settings.data_dir / "datasets").glob("*/*"))
+
+
+def test_string_labels_are_refused_from_their_header_before_decompressing(settings):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<U1000000", "fortran_order": False, "shape": (10,)})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("X.npy", npy_bytes(np.ones((10, 3))))
+        with archive.open("y.npy", "w") as member:  # 40 MB of labels, 40 kB deflated
+            member.write(header.getvalue())
+            for _ in range(40):
+                member.write(bytes(1024**2))
+    assert len(buffer.getvalue()) < 100_000
+    with app_client(settings) as client:
+        assert_names(upload(client, "bomb.npz", buffer.getvalue()), 422, '"y"', "1000000 characters", "at most 200")
+        assert client.get("/v1/datasets").json()["count"] == 0
+    small = npz_bytes(X=np.ones((1000, 1)), y=np.array([f"{i:0200d}" for i in range(1000)]))
+    with app_client(settings, max_dataset_bytes=100_000) as client:
+        assert_names(upload(client, "y.npz", small), 422, "y = 800000 bytes", "LELASTIC_MAX_DATASET_BYTES")
 
 
 def _zip(members: dict[str, bytes]) -> bytes:

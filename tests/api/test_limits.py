@@ -55,6 +55,18 @@ def test_upload_with_too_many_features_is_422_naming_max_features(settings):
         assert response.status_code == 201, response.text
 
 
+def test_upload_with_more_distinct_labels_than_a_selection_can_name_is_422(client):
+    many = limits.MAX_CLASSES + 1
+    response = upload(client, "x.npz", npz_bytes(X=np.zeros((many, 1)), y=np.arange(many)))
+    assert_names(response, 422, '"y"', f"{many} distinct labels", f"at most {limits.MAX_CLASSES}", "indices")
+    response = upload(client, "x.csv", csv_bytes([[0, f"c{i}"] for i in range(many)], header=["a", "label"]))
+    assert_names(response, 422, f"{many} distinct labels")
+    assert client.get("/v1/datasets").json()["count"] == 0
+    response = upload(client, "x.npz", npz_bytes(X=np.zeros((many, 1)), y=np.arange(many) % limits.MAX_CLASSES))
+    assert response.status_code == 201, response.text
+    assert len(response.json()["classes"]) == limits.MAX_CLASSES
+
+
 # ------------------------------------------------------------------------------------------ jobs
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.factories import DIGITS_3_5
+from tests.factories import DIGITS_3_5, assert_names
 
 
 def errors(client, body, **kwargs):
@@ -62,3 +62,9 @@ def test_a_body_sent_without_a_json_content_type_says_so(client):
     [entry] = errors(client, None, content=json.dumps(DIGITS_3_5), headers={"Content-Type": "text/plain"})
     assert entry["loc"] == ["header", "content-type"] and "application/json" in entry["msg"]
     assert entry["input"] == "text/plain"
+
+
+def test_a_bad_status_filter_names_the_statuses_as_a_client_writes_them(client):
+    response = client.get("/v1/jobs", params={"status": "queud"})
+    detail = assert_names(response, 422, "query", "status", "'queued'", "'canceled'", "did you mean 'queued'?")
+    assert "JobStatus" not in response.text and "<" not in response.text, detail

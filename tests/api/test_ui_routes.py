@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from service.api import auth
-from tests.factories import app_client, npz_bytes, safetensors_bytes, upload
+from tests.factories import app_client, npy_bytes, npz_bytes, safetensors_bytes, upload
 
 ASSET = re.compile(r"""(?:src|href)=["']([^"']+)["']""")
 
@@ -77,6 +78,23 @@ def test_rows_of_an_uploaded_dataset_page_through_it(client):
     assert client.get(f"/v1/datasets/{dataset_id}/rows", params={"limit": 101}).status_code == 422
     past_the_end = client.get(f"/v1/datasets/{dataset_id}/rows", params={"offset": 30}).json()
     assert past_the_end["X"] == [] and past_the_end["y"] == []
+
+
+def test_a_page_of_rows_reads_only_those_rows(client):
+    X = np.arange(4000 * 1000, dtype=np.float32).reshape(4000, 1000)  # 16 MB
+    dataset_id = upload(client, "big.npz", npz_bytes(X=X, y=np.arange(4000) % 2)).json()["id"]
+    tracemalloc.start()
+    try:
+        rows = client.get(f"/v1/datasets/{dataset_id}/rows", params={"offset": 3990, "limit": 20})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rows.status_code == 200, rows.text
+    assert rows.json()["X"] == X[3990:].tolist() and rows.json()["y"] == [0, 1] * 5
+    assert peak < X.nbytes / 2, f"a page of 10 rows peaked at {peak} bytes"
+    fortran = np.asfortranarray(np.arange(60, dtype=np.float32).reshape(20, 3))
+    dataset_id = upload(client, "f.npy", npy_bytes(fortran)).json()["id"]
+    assert client.get(f"/v1/datasets/{dataset_id}/rows", params={"offset": 18}).json()["X"] == fortran[18:].tolist()
 
 
 def test_rows_without_labels_and_of_weights(client):

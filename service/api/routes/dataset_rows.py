@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import struct
+import zipfile
 from typing import Annotated
 
 import numpy as np
@@ -56,15 +59,37 @@ def read_rows(
     path = data_dir.dataset_file(dataset_id)
     if not path.exists():
         raise NotFound.at(["path", "dataset_id"], "the dataset's files are gone", dataset_id)
-    with np.load(path, allow_pickle=False) as archive:
-        X = archive["X"]
-        y = archive["y"] if "y" in archive.files else None
-    rows = slice(offset, offset + limit)
-    features = int(np.prod(X.shape[1:], dtype=np.int64))
+    with zipfile.ZipFile(path) as archive:
+        shape, X = _member_rows(archive, "X.npy", offset, limit)
+        y = _member_rows(archive, "y.npy", offset, limit)[1] if "y.npy" in archive.namelist() else None
+    features = math.prod(shape[1:])
     return RowsOut(
         offset=offset,
-        n=int(X.shape[0]),
-        shape=[int(size) for size in X.shape[1:]],
-        X=X[rows].reshape(-1, features).astype(np.float64).tolist(),
-        y=None if y is None else y[rows].astype(np.int64).tolist(),
+        n=shape[0],
+        shape=list(shape[1:]),
+        X=X.reshape(-1, features).astype(np.float64).tolist(),
+        y=None if y is None else y.astype(np.int64).tolist(),
     )
+
+
+def _member_rows(archive: zipfile.ZipFile, member: str, offset: int, limit: int) -> tuple[tuple[int, ...], np.ndarray]:
+    """(shape, rows offset to offset + limit - 1) of an .npy member of the archive, reading only those rows'
+    bytes when the member is stored uncompressed (as the API writes datasets); otherwise the member is read."""
+    info = archive.getinfo(member)
+    with archive.open(info) as stream:
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read(stream)
+        shape = tuple(int(size) for size in shape)
+        array_start = stream.tell()
+        if fortran_order or info.compress_type != zipfile.ZIP_STORED:
+            stream.seek(0)
+            return shape, np.lib.format.read_array(stream, allow_pickle=False)[offset : offset + limit]
+    row_bytes = math.prod(shape[1:]) * dtype.itemsize
+    start, stop = min(offset, shape[0]), min(offset + limit, shape[0])
+    with open(str(archive.filename), "rb") as handle:
+        handle.seek(info.header_offset + 26)  # the local header's file name and extra field lengths
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+        handle.seek(info.header_offset + 30 + name_length + extra_length + array_start + start * row_bytes)
+        data = handle.read((stop - start) * row_bytes)
+    return shape, np.frombuffer(data, dtype=dtype).reshape(stop - start, *shape[1:])

@@ -135,6 +135,8 @@ def _parse_and_store(
     else:
         parsed = uploads.read_csv(upload.path, settings, label_column=label_column)
     limits.check_dataset(parsed.X.shape, settings)
+    if parsed.y is not None:
+        limits.check_classes(len(np.unique(parsed.y)))
     reservation.reserve(parsed.X.nbytes + (parsed.y.nbytes if parsed.y is not None else 0))
     return "dataset", _store_dataset(data_dir, dataset_id, parsed)
 

@@ -1207,7 +1207,7 @@ function neighboursCard(data) {
   const picks = Array.from({ length: shown }, (_, k) => Math.floor(k * step));
   const similar = el("div", { class: "thumbs", id: "similar" });
   const nearest = el("div", { class: "thumbs", id: "nearest" });
-  const caption = el("p", { class: "muted", id: "neighbours-caption" }, "Click an example (here or in the embedding).");
+  const caption = el("div", { class: "selection muted", id: "neighbours-caption" }, "Click an example (here or in the embedding).");
   const figure = (i, note) => el("figure", { class: "thumb" }, thumbnail(X.subarray(i * d, (i + 1) * d), side, range),
     el("figcaption", {}, note));
   selectExample = (i) => {
@@ -1221,9 +1221,9 @@ function neighboursCard(data) {
     similar.replaceChildren(...bySimilarity.map((j) => figure(j, label(j))));
     nearest.replaceChildren(...byDistance.map((j) => figure(j, label(j))));
     const agree = (list) => (data.labels ? list.filter((j) => data.labels[j] === data.labels[i]).length : null);
-    caption.replaceChildren(el("span", {}, `Example ${i}${data.labels ? `, label ${data.labels[i]}` : ""}. `),
-      figure(i, label(i)),
-      data.labels ? el("span", {}, ` Same label: ${agree(bySimilarity)}/10 by similarity, ${agree(byDistance)}/10 by distance.`) : "");
+    caption.replaceChildren(figure(i, label(i)), el("div", {},
+      el("div", {}, `Example ${i}${data.labels ? `, label ${data.labels[i]}` : ""}.`),
+      data.labels ? el("div", {}, `Same label: ${agree(bySimilarity)}/10 by similarity, ${agree(byDistance)}/10 by distance.`) : ""));
   };
   for (const i of picks) {
     gallery.append(el("button", {
