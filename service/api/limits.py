@@ -41,6 +41,8 @@ RATE_WINDOW_SECONDS = 60
 STREAM_LEASE_SECONDS = 30
 #: What a tenant at its event-streams limit is told to wait.
 STREAMS_RETRY_AFTER_SECONDS = 5
+#: What a tenant at its uploads-in-progress limit is told to wait.
+UPLOADS_RETRY_AFTER_SECONDS = 5
 #: Seconds an admitted job may take to get its record before the counter treats it as gone.
 CREATING_GRACE_SECONDS = 60
 #: What a tenant at its active-jobs limit is told to wait (jobs take a while; there is no better guess).
@@ -220,12 +222,12 @@ def rate_limit(conn: RedisDep, settings: SettingsDep, tenant: TenantDep) -> None
 RateLimited = Depends(rate_limit)
 
 
-# -------------------------------------------------------------------------------- event streams
+# -------------------------------------------------------------------- leases: streams and uploads
 
-# KEYS[1]: the tenant's open streams. ARGV: token, now, lease seconds, limit.
+# KEYS[1]: the tenant's leases of one kind (token -> expiry). ARGV: token, now, lease seconds, limit.
 # Drops lapsed leases, then adds this one when fewer than the limit remain.
-# Returns -1 when opened, else the number of open streams.
-_OPEN_STREAM = """
+# Returns -1 when opened, else the number of leases held.
+_OPEN_LEASE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
 local count = redis.call('ZCARD', KEYS[1])
 if count >= tonumber(ARGV[4]) then return count end
@@ -235,24 +237,55 @@ return -1
 """
 
 
+def _open_lease(
+    conn: redis.Redis, key: str, *, seconds: int, setting: str, limit: int, what: str, advice: str, retry_after: int
+) -> str:
+    """A lease (its token) on one of `limit` slots under `key`, lapsing after `seconds` unless renewed or
+    given back; TooManyRequests naming `setting` when all are held."""
+    token = uuid.uuid4().hex
+    count = int(conn.eval(_OPEN_LEASE, 1, key, token, repr(time.time()), seconds, limit))
+    if count < 0:
+        return token
+    msg = f"{what} = {count} reached {setting} = {limit} ({env_name(setting)}); {advice}"
+    entry = issue(["tenant"], msg, count)
+    entry["ctx"] = {"limit": setting, "allowed": limit, "env": env_name(setting)}
+    raise TooManyRequests([entry], retry_after=retry_after)
+
+
 def open_stream(conn: redis.Redis, settings: Settings, tenant: str) -> str:
     """A lease on one of the tenant's `max_event_streams_per_tenant` event streams (its token), or
     TooManyRequests naming the limit. The stream renews it (`renew_stream`) and ends it (`close_stream`)."""
-    token = uuid.uuid4().hex
-    limit = settings.max_event_streams_per_tenant
-    count = int(
-        conn.eval(_OPEN_STREAM, 1, keys.event_streams(tenant), token, repr(time.time()), STREAM_LEASE_SECONDS, limit)
+    return _open_lease(
+        conn,
+        keys.event_streams(tenant),
+        seconds=STREAM_LEASE_SECONDS,
+        setting="max_event_streams_per_tenant",
+        limit=settings.max_event_streams_per_tenant,
+        what="open event streams",
+        advice="close a stream (or poll GET /v1/jobs/{job_id}) and try again",
+        retry_after=STREAMS_RETRY_AFTER_SECONDS,
     )
-    if count < 0:
-        return token
-    setting = "max_event_streams_per_tenant"
-    msg = (
-        f"open event streams = {count} reached {setting} = {limit} ({env_name(setting)}); "
-        "close a stream (or poll GET /v1/jobs/{job_id}) and try again"
+
+
+def open_upload(conn: redis.Redis, settings: Settings, tenant: str) -> str:
+    """A lease on one of the tenant's `max_uploads_per_tenant` uploads in progress (its token), or
+    TooManyRequests naming the limit; `close_upload` gives it back. The lease of an API process that died
+    lapses after `upload_reservation_seconds`, as its storage reservation does."""
+    return _open_lease(
+        conn,
+        keys.uploads_in_progress(tenant),
+        seconds=settings.upload_reservation_seconds,
+        setting="max_uploads_per_tenant",
+        limit=settings.max_uploads_per_tenant,
+        what="uploads in progress",
+        advice="wait for one to finish and try again",
+        retry_after=UPLOADS_RETRY_AFTER_SECONDS,
     )
-    entry = issue(["tenant"], msg, count)
-    entry["ctx"] = {"limit": setting, "allowed": limit, "env": env_name(setting)}
-    raise TooManyRequests([entry], retry_after=STREAMS_RETRY_AFTER_SECONDS)
+
+
+def close_upload(conn: redis.Redis, tenant: str, token: str) -> None:
+    """Give an upload's lease back."""
+    conn.zrem(keys.uploads_in_progress(tenant), token)
 
 
 async def renew_stream(aconn: redis.asyncio.Redis, tenant: str, token: str) -> None:

@@ -28,6 +28,7 @@ so they never change::
                                                                          time of jobs that ended in <status>
     lelastic:status-index:ready  (STATUS_INDEX_READY)  string  API      set once every record is indexed
     lelastic:streams:<tenant>  (event_streams)      zset    API          open event stream token -> lease expiry
+    lelastic:uploads:<tenant>  (uploads_in_progress)  zset  API          upload in progress token -> lease expiry
     lelastic:dataset:<id>  (dataset)                hash    API          id, tenant, kind ("dataset" |
                                                                          "weights"), name, meta (JSON), created_at
     lelastic:datasets:<tenant>  (datasets_index)    zset    API          dataset id -> creation time
@@ -98,6 +99,11 @@ def status_index(status: str, tenant: str) -> str:
 def event_streams(tenant: str) -> str:
     """The tenant's open event streams (the streams-per-tenant limit)."""
     return f"{PREFIX}streams:{tenant}"
+
+
+def uploads_in_progress(tenant: str) -> str:
+    """The tenant's uploads in progress (the uploads-per-tenant limit)."""
+    return f"{PREFIX}uploads:{tenant}"
 
 
 def dataset(dataset_id: str) -> str:

@@ -149,9 +149,15 @@ class ApiSettings(CommonSettings):
         default=300, ge=1, description="Seconds between two sweeps for expired records."
     )
 
-    # Fair use of the API process: streams, connections and slow clients.
+    # Fair use of the API process: streams, uploads, connections and slow clients.
     max_event_streams_per_tenant: int = Field(
         default=20, ge=1, description="Event streams (GET /v1/jobs/{id}/events) one tenant may have open at once."
+    )
+    max_uploads_per_tenant: int = Field(
+        default=4,
+        ge=1,
+        description="Uploads (POST /v1/datasets) one tenant may have in progress at once: receiving, parsing or "
+        "storing (429 beyond).",
     )
     max_connections: int = Field(
         default=1000,

@@ -185,19 +185,21 @@ def test_upload_with_another_file_name_or_field_is_a_different_request(client):
     assert client.get("/v1/datasets").json()["count"] == 1
 
 
-def test_concurrent_duplicate_uploads_create_exactly_one_dataset(client):
+def test_concurrent_duplicate_uploads_create_exactly_one_dataset(settings):
     start = threading.Barrier(6)
     content = npz_bytes(X=np.random.default_rng(0).normal(size=(2000, 20)))
 
-    def send(_):
-        start.wait()
-        return post_dataset(client, content)
+    with app_client(settings, max_uploads_per_tenant=6) as client:  # a duplicate is an upload in progress too
 
-    with ThreadPoolExecutor(6) as pool:
-        responses = list(pool.map(send, range(6)))
-    assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
-    assert len({r.json()["id"] for r in responses}) == 1
-    assert client.get("/v1/datasets").json()["count"] == 1
+        def send(_):
+            start.wait()
+            return post_dataset(client, content)
+
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(send, range(6)))
+        assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
+        assert len({r.json()["id"] for r in responses}) == 1
+        assert client.get("/v1/datasets").json()["count"] == 1
 
 
 def test_begin_scopes_keys_by_tenant_and_route(redis_conn):

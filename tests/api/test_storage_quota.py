@@ -95,7 +95,7 @@ def test_concurrent_uploads_stay_within_the_quota(settings, redis_conn, monkeypa
             start.wait(timeout=10)
             return upload(http, "d.npz", DATA).status_code
 
-    app_settings = settings.model_copy(update={"max_tenant_storage_bytes": allowed})
+    app_settings = settings.model_copy(update={"max_tenant_storage_bytes": allowed, "max_uploads_per_tenant": 6})
     with live_api(app_settings, log_level="warning") as port, ThreadPoolExecutor(6) as pool:
         statuses = sorted(pool.map(send, [port] * 6))
     assert 1 <= statuses.count(201) <= 2 and set(statuses) <= {201, 413}, statuses

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Query, Request, Response, status
 
-from service.api import idempotency, uploads
+from service.api import idempotency, limits, uploads
 from service.api.deps import DataDirDep, RedisDep, SettingsDep, TenantDep
 from service.api.routes.jobs import page_cursor
 from service.api.schemas import DatasetOut, DatasetsOut, ErrorOut
@@ -58,7 +59,11 @@ UPLOAD_BODY = {
             "model": ErrorOut,
             "description": "Unsupported, malformed or invalid file, or one over a limit; the body names the problem.",
         },
-        429: {"model": ErrorOut, "description": "Too many requests this minute; see Retry-After."},
+        429: {
+            "model": ErrorOut,
+            "description": "Too many requests this minute, or max_uploads_per_tenant uploads already in progress; "
+            "see Retry-After.",
+        },
     },
 )
 async def create_dataset(
@@ -70,8 +75,13 @@ async def create_dataset(
     tenant: TenantDep,
     key: idempotency.KeyDep,
 ) -> Any:
-    upload = await uploads.receive_multipart(request, dest_dir=data_dir.root, max_bytes=settings.max_upload_bytes)
-    outcome = await datasets.create_dataset(conn, data_dir, settings, tenant, upload, key=key)
+    lease = await anyio.to_thread.run_sync(limits.open_upload, conn, settings, tenant)
+    try:
+        upload = await uploads.receive_multipart(request, dest_dir=data_dir.root, max_bytes=settings.max_upload_bytes)
+        outcome = await datasets.create_dataset(conn, data_dir, settings, tenant, upload, key=key)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(limits.close_upload, conn, tenant, lease)
     if isinstance(outcome, idempotency.Stored):
         return idempotency.replayed(outcome)
     response.headers["Location"] = datasets.dataset_location(outcome.id)
