@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 from fastapi import Depends, FastAPI
 
-from service.api import edge, events, limits, openapi, requestlog, retention, ui
+from service.api import edge, events, limits, openapi, queryparams, requestlog, retention, ui
 from service.api.errors import install_error_handlers
 from service.api.routes import dataset_rows, datasets, health, jobs, matrix, metrics
 from service.api.schemas import ErrorOut
@@ -80,7 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         429: {"model": ErrorOut, "description": "Too many requests this minute; see Retry-After."}
     }
     for router in (datasets.router, dataset_rows.router, jobs.router, matrix.router):
-        app.include_router(router, dependencies=[Depends(limits.rate_limit)], responses=too_many)
+        checks = [Depends(limits.rate_limit), Depends(queryparams.check_query_parameters)]
+        app.include_router(router, dependencies=checks, responses=too_many)
     for router in (health.router, metrics.router):
         app.include_router(router)
     ui.install(app)

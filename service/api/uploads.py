@@ -509,6 +509,10 @@ def _csv_labels(cells: list[tuple[int, str]], column: str) -> np.ndarray:
         if empty is not None:
             msg = f"row {empty}, column {column!r}: the label is empty"
             raise InvalidInput.at(["body", "file", f"row {empty}", f"column {column}"], msg, "")
+        long = next(((line, cell) for line, cell in cells if len(cell) > MAX_LABEL_CHARS), None)
+        if long is not None:
+            msg = f"row {long[0]}, column {column!r}: label names are at most {MAX_LABEL_CHARS} characters"
+            raise InvalidInput.at(["body", "file", f"row {long[0]}", f"column {column}"], msg, long[1])
         return np.array([cell for _, cell in cells], dtype=str)
     for (line, cell), number in zip(cells, numbers, strict=True):
         if number is None or not math.isfinite(number) or number != round(number):

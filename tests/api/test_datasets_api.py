@@ -110,6 +110,7 @@ def test_safetensors_is_stored_as_weights_with_its_tensors(client, settings):
         ("x.npz", npz_bytes(X=np.ones((3, 2)), y=np.array(["a", "\0", "b"])), 422, ['"y"', "must not be empty"]),
         ("x.npz", npz_bytes(X=np.ones((3, 2)), y=np.array(["a" * 201, "b", "c"])), 422, ['"y"', "at most 200"]),
         ("x.csv", b"label\n1\n2\n", 422, ["row 1", "'label' holds the labels", "no column"]),
+        ("x.csv", b"a,label\n1,cat\n2," + b"d" * 201 + b"\n", 422, ["row 3", "column 'label'", "at most 200"]),
         (
             "w.safetensors",
             safetensors_bytes({}, header=b'{"\\ud800": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}')
@@ -140,6 +141,7 @@ def test_safetensors_is_stored_as_weights_with_its_tensors(client, settings):
         "y-empty-name",
         "y-long-name",
         "csv-only-labels",
+        "csv-long-name",
         "st-name-surrogate",
     ],
 )

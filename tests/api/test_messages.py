@@ -68,3 +68,25 @@ def test_a_bad_status_filter_names_the_statuses_as_a_client_writes_them(client):
     response = client.get("/v1/jobs", params={"status": "queud"})
     detail = assert_names(response, 422, "query", "status", "'queued'", "'canceled'", "did you mean 'queued'?")
     assert "JobStatus" not in response.text and "<" not in response.text, detail
+
+
+def test_an_unknown_query_parameter_is_named_with_what_the_route_takes(client):
+    detail = assert_names(
+        client.get("/v1/jobs?stauts=failed&limit=5"),
+        422,
+        "unknown query parameter 'stauts'",
+        "this route takes: cursor, limit, status",
+        "did you mean 'status'?",
+    )
+    assert [entry["loc"] for entry in detail] == [["query", "stauts"]]
+    assert detail[0]["input"] == "failed"
+    assert_names(client.get("/v1/datasets?limt=3"), 422, "'limt'", "did you mean 'limit'?")
+    assert_names(client.get("/v1/jobs/abc/result?x=1"), 422, "'x'", "this route takes: include")
+    assert_names(client.get("/v1/datasets/abc?x=1"), 422, "this route takes: none")
+    assert client.get("/v1/jobs?status=failed&limit=5").status_code == 200
+    assert client.get("/healthz?probe=1").status_code == 200  # only the /v1 routes are checked
+
+
+def test_a_single_valued_query_parameter_given_twice_is_refused(client):
+    detail = assert_names(client.get("/v1/jobs?limit=5&limit=500"), 422, "given 2 times; give it once")
+    assert detail[0]["loc"] == ["query", "limit"] and detail[0]["input"] == ["5", "500"]
