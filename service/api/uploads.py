@@ -246,7 +246,7 @@ def read_npz(path: Path, settings: Settings) -> ParsedDataset:
             arrays = {}
             for member, name in zip(members, names, strict=True):
                 with archive.open(member) as stream:
-                    arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
+                    arrays[name] = read_as_float32(stream) if name == "X" else read_npy_array(stream)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
         raise InvalidInput.at(["body", "file"], f"not a readable .npz archive without pickles: {exc}", None) from exc
     return checked_dataset(arrays["X"], arrays.get("y"))
@@ -254,19 +254,58 @@ def read_npz(path: Path, settings: Settings) -> ParsedDataset:
 
 #: .npy format versions read (3.0 differs only in allowing UTF-8 field names, which no numeric array has).
 NPY_VERSIONS = ((1, 0), (2, 0))
+#: Bytes of an array's data decoded at a time when it is converted to float32 (`read_as_float32`).
+DECODE_CHUNK_BYTES = 16 * 2**20
+
+
+def read_npy_array(stream: IO[bytes]) -> np.ndarray:
+    """The .npy array at the start of `stream`, read whole in its own dtype (never a pickle)."""
+    return np.lib.format.read_array(stream, allow_pickle=False)
+
+
+def read_as_float32(stream: IO[bytes]) -> np.ndarray:
+    """The .npy array at the start of `stream` (header already checked), a numeric one in C order as float32
+    read a chunk of `DECODE_CHUNK_BYTES` at a time: a float64 X of S float32 bytes then needs S bytes, not
+    the 3 S of the float64 array plus its float32 copy. Other arrays are read whole (`read_npy_array`);
+    `checked_dataset` refuses what is not numeric. Values beyond float32's range become ±inf, which
+    `checked_dataset` refuses too."""
+    shape, fortran_order, dtype = read_npy_header(stream)
+    if fortran_order or dtype.kind not in "biuf" or dtype == np.float32 or len(shape) < 2:
+        stream.seek(0)
+        return read_npy_array(stream)
+    out = np.empty(shape, dtype=np.float32)
+    rows = out.reshape(shape[0], -1)
+    row_bytes = max(1, rows.shape[1] * dtype.itemsize)
+    step = max(1, DECODE_CHUNK_BYTES // row_bytes)
+    for start in range(0, shape[0], step):
+        stop = min(shape[0], start + step)
+        data = stream.read((stop - start) * row_bytes)
+        if len(data) != (stop - start) * row_bytes:
+            raise ValueError(f"the array's data ends after {start * row_bytes + len(data)} bytes")
+        with np.errstate(over="ignore"):
+            rows[start:stop] = np.frombuffer(data, dtype=dtype).reshape(stop - start, -1)
+    return out
+
+
+def read_npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from the header of the .npy data at the start of `stream`, which is left
+    where the array's data starts; ValueError for a format version not in NPY_VERSIONS."""
+    version = np.lib.format.read_magic(stream)
+    if version not in NPY_VERSIONS:
+        raise ValueError(f"format version {version[0]}.{version[1]}; allowed: 1.0, 2.0")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read(stream)
+    return tuple(int(s) for s in shape), bool(fortran_order), dtype
 
 
 def npy_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) from the header of the .npy data at the start of `stream`; nothing else is read."""
+    """(shape, dtype) from the header of the .npy data at the start of `stream`; nothing else is read.
+    InvalidInput naming `name` when it is not an .npy header."""
     try:
-        version = np.lib.format.read_magic(stream)
-        if version not in NPY_VERSIONS:
-            raise ValueError(f"format version {version[0]}.{version[1]}; allowed: 1.0, 2.0")
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(stream)
+        shape, _, dtype = read_npy_header(stream)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile, zlib.error) as exc:
         raise InvalidInput.at(["body", "file", name], f"{name} is not an .npy array: {exc}", None) from exc
-    return tuple(int(s) for s in shape), dtype
+    return shape, dtype
 
 
 def check_header(

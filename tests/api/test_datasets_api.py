@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
 
+from service.api import uploads
 from service.contract import records
 from tests.factories import app_client, assert_names, blobs, npy_bytes, npz_bytes, safetensors_bytes, upload
 
@@ -209,3 +213,32 @@ def test_datasets_paginate_like_jobs(client):
     assert [d["id"] for d in second["data"]] == [ids[0]] and second["next_cursor"] is None
     assert client.get("/v1/datasets", params={"limit": 3}).json()["next_cursor"] is None
     assert_names(client.get("/v1/datasets", params={"cursor": "nope"}), 422, "cursor", "next_cursor")
+
+
+@pytest.mark.parametrize("dtype", ["<f8", ">f4", "<i8"])
+def test_an_npz_x_in_another_dtype_is_converted_a_chunk_at_a_time(settings, tmp_path, monkeypatch, dtype):
+    """Its peak is the float32 array plus one chunk, not the array in its own dtype plus a float32 copy."""
+    monkeypatch.setattr(uploads, "DECODE_CHUNK_BYTES", 2**20)
+    X = (np.arange(2000 * 1000) % 997 - 498).reshape(2000, 1000).astype(dtype)
+    path = tmp_path / "x.npz"
+    path.write_bytes(npz_bytes(X=X, y=np.arange(2000) % 3))
+    tracemalloc.start()
+    try:
+        parsed = uploads.read_npz(path, settings)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert parsed.X.dtype == np.float32 and np.array_equal(parsed.X, X.astype(np.float32))
+    assert parsed.y is not None and parsed.y.tolist() == (np.arange(2000) % 3).tolist()
+    assert peak < 1.3 * parsed.X.nbytes + 2**20, f"peak {peak / 2**20:.1f} MiB for {parsed.X.nbytes / 2**20:.1f} MiB"
+
+
+def test_a_truncated_or_overflowing_npz_x_is_422(client):
+    X = np.ones((50, 4), dtype=np.float64)
+    X[7, 2] = 1e300
+    assert_names(upload(client, "x.npz", npz_bytes(X=X)), 422, '"X"', "too large for float32", "7", "2")
+    whole = npz_bytes(X=np.ones((50, 4), dtype=np.float64))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(whole)) as source, zipfile.ZipFile(buffer, "w") as target:
+        target.writestr("X.npy", source.read("X.npy")[:-40])  # a member whose data ends early
+    assert_names(upload(client, "x.npz", buffer.getvalue()), 422, "file", "ends after")

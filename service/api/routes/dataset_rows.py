@@ -11,6 +11,7 @@ import numpy as np
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.api import uploads
 from service.api.deps import DataDirDep, RedisDep, TenantDep
 from service.api.errors import Conflict, NotFound
 from service.api.schemas import ErrorOut
@@ -77,14 +78,11 @@ def _member_rows(archive: zipfile.ZipFile, member: str, offset: int, limit: int)
     bytes when the member is stored uncompressed (as the API writes datasets); otherwise the member is read."""
     info = archive.getinfo(member)
     with archive.open(info) as stream:
-        version = np.lib.format.read_magic(stream)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read(stream)
-        shape = tuple(int(size) for size in shape)
+        shape, fortran_order, dtype = uploads.read_npy_header(stream)
         array_start = stream.tell()
         if fortran_order or info.compress_type != zipfile.ZIP_STORED:
             stream.seek(0)
-            return shape, np.lib.format.read_array(stream, allow_pickle=False)[offset : offset + limit]
+            return shape, uploads.read_npy_array(stream)[offset : offset + limit]
     row_bytes = math.prod(shape[1:]) * dtype.itemsize
     start, stop = min(offset, shape[0]), min(offset + limit, shape[0])
     with open(str(archive.filename), "rb") as handle:
