@@ -314,7 +314,8 @@ def similarity_stage(
 ) -> np.ndarray:
     """Stage 3, similarity: the raw similarity matrix of the primary examples at the model's θ.
 
-    The auxiliary examples take part where the kind uses them. JobFailure when an entry is not finite.
+    The auxiliary examples take part where the kind uses them. JobFailure when an entry is not finite,
+    naming the examples' largest magnitude (features near float32's range overflow its products).
     """
     sim = spec.similarity
     raw = similarity.similarity(
@@ -329,8 +330,20 @@ def similarity_stage(
         progress=progress,
     )
     if not np.all(np.isfinite(raw)):
-        raise JobFailure("the similarity matrix has non-finite entries (the model's θ may have diverged)")
+        raise non_finite_failure("the similarity matrix", inputs.X_primary, inputs.X_aux)
     return raw
+
+
+def non_finite_failure(what: str, *examples: torch.Tensor | None) -> JobFailure:
+    """The failure of a similarity (`what`) with non-finite entries, naming the largest magnitude of the
+    examples it was measured on (tensors [m, *shape], None or empty ones skipped): features near float32's
+    range overflow its products as surely as a diverged θ does."""
+    largest = max((float(x.abs().max()) for x in examples if x is not None and x.numel()), default=0.0)
+    return JobFailure(
+        f"{what} has non-finite entries: a float32 overflow, either because the model's θ diverged or because "
+        f"the features are too large (largest |x| = {largest:.3g}; rescale them, e.g. to unit variance, if it is "
+        "far above 1)"
+    )
 
 
 def cluster_count(spec: JobSpec, data: JobData) -> tuple[int, str]:
@@ -387,7 +400,7 @@ def cluster_scores(
         if one_class:
             result["metrics"], result["metrics_note"] = {"within_between_ratio": None}, note
         elif labels_true is not None:
-            result["metrics"] = {"within_between_ratio": metrics.similarity_ratio(S, labels_true)}
+            result.update(ratio_scores(S, labels_true))
         return result
     k, k_from = cluster_count(spec, data)
     result["clusters"] = clusters.tolist()
@@ -399,7 +412,7 @@ def cluster_scores(
             result["baselines_note"] = "baselines skipped: " + note.replace("accuracy, ARI, NMI and the", "their")
         return result
     if labels_true is not None:
-        result["metrics"] = metrics.evaluate(S, labels_true, clusters)
+        result.update(ratio_scores(S, labels_true, metrics.clustering_metrics(labels_true, clusters)))
     progress("cluster", 0.5, "baselines")
     flat = data.X[data.primary].reshape(data.primary.size, -1)
     for name, labels in baselines.run_baselines(flat, k=k, seed=spec.seed, names=tuple(spec.baselines)).items():
@@ -409,6 +422,16 @@ def cluster_scores(
             else {"cluster_sizes": np.bincount(labels, minlength=k).tolist()}
         )
     return result
+
+
+def ratio_scores(S: np.ndarray, labels_true: np.ndarray, scores: dict[str, float] | None = None) -> dict[str, Any]:
+    """The result's `metrics`: `scores` plus the within/between ratio of S [n, n] over the classes
+    labels_true [n]; an undefined ratio is null (JSON has no NaN) with `metrics_note` saying why."""
+    ratio, why = metrics.similarity_ratio_or_reason(S, labels_true)
+    out: dict[str, Any] = {"metrics": {**(scores or {}), "within_between_ratio": ratio}}
+    if why is not None:
+        out["metrics_note"] = why
+    return out
 
 
 def artifacts_stage(

@@ -382,7 +382,7 @@ def _compute_tile(
         normalize=sim.normalize,
     )
     if not bool(torch.isfinite(upper).all()) or (lower is not None and not bool(torch.isfinite(lower).all())):
-        raise JobFailure("the similarity has non-finite entries (the model's θ may have diverged)")
+        raise pipeline.non_finite_failure("the similarity", X_rows, X_cols)
     k = int(plan["k"])
     sides = [(i, j, upper, cs)] + ([(j, i, lower, rs)] if square and not same and lower is not None else [])
     marks = np.load(shard_dir / "landmarks.npy") if plan.get("landmarks") else None

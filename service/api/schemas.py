@@ -347,7 +347,8 @@ class ResultOut(BaseModel):
         None,
         description="Scores against the true labels: `accuracy` (best cluster-to-class matching), `ari`, `nmi`, "
         "`within_between_ratio` (mean similarity within classes over between). Null without labels; a "
-        "score is null with `metrics_note` saying why when it is undefined (fewer than two primary classes).",
+        "score is null with `metrics_note` saying why when it is undefined (fewer than two primary classes; "
+        "for the ratio also no two examples of one class, or a mean similarity of 0 between classes).",
     )
     baselines: dict[str, Any] | None = Field(
         None,

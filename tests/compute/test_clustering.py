@@ -111,3 +111,15 @@ def test_baselines_recover_blobs():
     np.testing.assert_array_equal(again["spectral_rbf"], out["spectral_rbf"])
     with pytest.raises(ValueError, match="unknown baselines"):
         run_baselines(X, k=3, seed=0, names=("autoencoder",))
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_matrix_far_from_unit_scale_clusters_as_at_unit_scale(method, scale):
+    S, y = block_matrix((10, 12), seed=1)
+    S = S.astype(np.float32)
+    scaled = S * np.float32(scale)
+    assert np.isfinite(scaled).all()
+    labels = cluster(scaled, method=method, k=2, seed=0)
+    assert adjusted_rand_score(y, labels) == 1.0
+    np.testing.assert_array_equal(labels, cluster(S, method=method, k=2, seed=0))

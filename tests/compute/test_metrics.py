@@ -3,7 +3,12 @@ import math
 import numpy as np
 import pytest
 
-from workers.compute.metrics import clustering_metrics, evaluate, matched_accuracy, similarity_ratio
+from workers.compute.metrics import (
+    clustering_metrics,
+    matched_accuracy,
+    similarity_ratio,
+    similarity_ratio_or_reason,
+)
 
 
 def test_accuracy_invariant_to_cluster_ids():
@@ -57,13 +62,17 @@ def test_similarity_ratio_undefined():
     assert math.isnan(similarity_ratio(np.eye(2), np.array([0, 1])))
 
 
-def test_evaluate_keys():
+def test_the_ratio_or_the_reason_it_is_undefined():
     y = np.array([0, 0, 1, 1])
     S = np.array([[1, 0.8, 0.1, 0.2], [0.8, 1, 0.2, 0.1], [0.1, 0.2, 1, 0.6], [0.2, 0.1, 0.6, 1]])
-    scores = evaluate(S, y, np.array([1, 1, 0, 0]))
-    assert set(scores) == {"accuracy", "ari", "nmi", "within_between_ratio"}
-    assert scores["accuracy"] == 1.0
-    assert scores["within_between_ratio"] == pytest.approx(0.7 / 0.15)
+    assert similarity_ratio_or_reason(S, y) == (pytest.approx(0.7 / 0.15), None)
+    for S, y, why in [
+        (np.ones((3, 3)), np.array([0, 0, 0]), "single class"),
+        (np.ones((3, 3)), np.array([0, 1, 2]), "no pair of the same class"),
+        (np.zeros((4, 4)), np.array([0, 0, 1, 1]), "mean similarity between classes is 0"),
+    ]:
+        ratio, note = similarity_ratio_or_reason(S, y)
+        assert ratio is None and note is not None and why in note, note
 
 
 def test_length_mismatch():

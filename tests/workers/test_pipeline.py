@@ -183,3 +183,68 @@ def test_one_primary_class_reports_null_metrics_with_a_reason_and_skips_baseline
     assert "two classes" in result["metrics_note"]
     assert result["baselines"] == {} and "skipped" in result["baselines_note"]
     assert result["clustering"]["k_from"] == "default" and len(result["clusters"]) == 20
+
+
+def strict_json(text: str) -> dict:
+    """The document, refusing NaN and ±Infinity (which JSON has no words for)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in a JSON document")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.filterwarnings("ignore:k >= N for N \\* N square matrix:RuntimeWarning")  # spectral_rbf at n = 2
+@pytest.mark.parametrize("clustering", [{"k": 2}, None])
+def test_a_ratio_without_a_same_class_pair_is_null_with_a_reason(tmp_path, clustering):
+    spec = dict(TINY, primary={"indices": [0, 1]}, auxiliary=None, weights={"source": "init"}, clustering=clustering)
+    result, job_dir, _ = run(tmp_path, spec)
+    stored = strict_json((job_dir / "result.json").read_text())
+    assert stored["metrics"]["within_between_ratio"] is None
+    assert "same class" in stored["metrics_note"]
+    if clustering is not None:
+        assert stored["metrics"]["accuracy"] == 1.0 and set(stored["baselines"]) == set(result["baselines"])
+
+
+@pytest.mark.filterwarnings("ignore:Number of distinct clusters:sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore:Graph is not fully connected:UserWarning")
+@pytest.mark.parametrize("method", ["auto", "kmeans", "spectral", "kernel_kmeans"])
+@pytest.mark.parametrize("kind", ["kernelized", "relative"])
+def test_a_zero_similarity_matrix_clusters_and_reports_a_null_ratio(tmp_path, kind, method):
+    from safetensors.torch import save_file
+
+    from service.contract.spec import MLPModel
+    from workers.compute.models import build_model
+
+    data_dir = DataDir(tmp_path / "data")
+    state = build_model(MLPModel(width=8), [64], seed=0).state_dict()
+    state["layers.1.bias"].fill_(200.0)  # the sigmoid saturates: ∂f/∂z = 0 at every example
+    data_dir.weights_file("saturated").parent.mkdir(parents=True)
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(data_dir.weights_file("saturated")))
+    spec = dict(
+        TINY,
+        primary={"indices": list(range(20))},
+        auxiliary=None,
+        model={"arch": "mlp", "width": 8},
+        loss="bce",
+        weights={"source": "upload", "weights": "saturated"},
+        similarity={"kind": kind, "step": 0},
+        clustering={"k": 2, "method": method},
+    )
+    result, job_dir, _ = run(tmp_path, spec)
+    assert not np.load(job_dir / "similarity.npy").any()
+    stored = strict_json((job_dir / "result.json").read_text())
+    assert len(stored["clusters"]) == 20 and set(stored["clusters"]) <= {0, 1}
+    assert stored["metrics"]["within_between_ratio"] is None and "between classes" in stored["metrics_note"]
+    assert 0 <= stored["metrics"]["accuracy"] <= 1
+
+
+def test_features_too_large_for_float32_products_fail_with_their_magnitude(tmp_path):
+    data_dir = DataDir(tmp_path / "data")
+    rng = np.random.default_rng(0)
+    data_dir.dataset_file("huge").parent.mkdir(parents=True)
+    X = (rng.normal(size=(12, 4)) * 1e30).astype(np.float32)
+    np.savez(data_dir.dataset_file("huge"), X=X, y=np.repeat([0, 1], 6))
+    spec = dict(TINY, dataset="huge", primary=None, auxiliary=None, weights={"source": "init"})
+    with pytest.raises(JobFailure, match=r"largest \|x\| .*e\+30.*rescale"):
+        run(tmp_path, spec)

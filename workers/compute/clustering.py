@@ -12,6 +12,8 @@ Three methods, all seeded and deterministic for a fixed seed:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 METHODS = ("kmeans", "spectral", "kernel_kmeans")
@@ -19,6 +21,9 @@ _BAND_ROWS = 256  # rows of S read at once by the checks and the symmetrisation
 #: Up to this many examples spectral clustering is scikit-learn's (dense, float64, shift-invert ARPACK:
 #: about 9 float32 n × n matrices); beyond, `spectral_embedding` works on the affinity in place.
 SPECTRAL_DENSE_MAX = 2048
+#: A matrix whose largest magnitude is outside [2^-UNIT_SCALE_BITS, 2^UNIT_SCALE_BITS] is clustered after
+#: scaling by a power of two (`near_unit_scale`).
+UNIT_SCALE_BITS = 20
 
 
 def _validate(S: np.ndarray, k: int) -> np.ndarray:
@@ -38,6 +43,20 @@ def _validate(S: np.ndarray, k: int) -> np.ndarray:
     if k > S.shape[0]:
         raise ValueError(f"k = {k} clusters requested but there are only n = {S.shape[0]} examples")
     return S
+
+
+def near_unit_scale(S: np.ndarray) -> np.ndarray:
+    """S [n, n] itself when its largest magnitude m is 0 or within [2^-UNIT_SCALE_BITS, 2^UNIT_SCALE_BITS],
+    else a new array [n, n] of S's dtype times the power of two that brings m into [1, 2).
+
+    No method's labels depend on a global positive scale, and a power of two scales exactly; but K-means
+    squares its float32 entries, which overflow beyond about 1e19 and underflow below about 1e-19.
+    """
+    top = float(max(S.max(), -S.min()))
+    if top == 0 or 2.0**-UNIT_SCALE_BITS <= top <= 2.0**UNIT_SCALE_BITS:
+        return S
+    scaled: np.ndarray = np.ldexp(S, 1 - math.frexp(top)[1]).astype(S.dtype, copy=False)
+    return scaled
 
 
 def _bands(n: int, rows: int = _BAND_ROWS) -> list[slice]:
@@ -297,7 +316,8 @@ def cluster(S: np.ndarray, *, method: str, k: int, seed: int, n_init: int = 10) 
     Parameters
     ----------
     S : array_like, shape (n, n)
-        Pairwise similarities (finite).
+        Pairwise similarities (finite); far from unit scale, first scaled by a power of two
+        (`near_unit_scale`), which changes no method's labels but keeps K-means' squares finite.
     method : {"kmeans", "spectral", "kernel_kmeans"}
         ``"kmeans"``: scikit-learn K-means on the rows of S. ``"spectral"``: spectral clustering
         (`spectral_labels`, ``assign_labels="cluster_qr"``) on ``to_affinity(S)``
@@ -321,7 +341,7 @@ def cluster(S: np.ndarray, *, method: str, k: int, seed: int, n_init: int = 10) 
     ValueError
         If S is not square or not finite, k is not in 1..n, or the method is unknown.
     """
-    S = _validate(S, k)
+    S = near_unit_scale(_validate(S, k))
     if method == "kmeans":
         from sklearn.cluster import KMeans
 

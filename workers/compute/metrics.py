@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 _BAND_ROWS = 256  # rows of S read at once by `similarity_ratio`
@@ -122,24 +124,30 @@ def similarity_ratio(S: np.ndarray, labels: np.ndarray) -> float:
     return float(((same_class - trace) / within_count) / denominator)
 
 
-def evaluate(S: np.ndarray, labels_true: np.ndarray, labels_pred: np.ndarray) -> dict[str, float]:
-    """Every score of one clustering: :func:`clustering_metrics` plus the similarity ratio.
+def similarity_ratio_or_reason(S: np.ndarray, labels: np.ndarray) -> tuple[float | None, str | None]:
+    """:func:`similarity_ratio` fit for a JSON document: (ratio, None) when it is defined, else (None, why not).
 
     Parameters
     ----------
     S : array_like, shape (n, n)
-        The similarity matrix that was clustered.
-    labels_true : array_like, shape (n,)
+        Similarity matrix.
+    labels : array_like, shape (n,)
         Class of each example.
-    labels_pred : array_like, shape (n,)
-        Cluster of each example.
 
     Returns
     -------
-    dict
-        ``{"accuracy", "ari", "nmi", "within_between_ratio"}``; the ratio is
-        :func:`similarity_ratio` of S over the true classes.
+    tuple
+        ``(float, None)``, or ``(None, str)`` when the ratio is undefined: a single class, no two examples
+        of the same class, or a mean similarity of 0 between classes (e.g. an all-zero matrix).
     """
-    scores = clustering_metrics(labels_true, labels_pred)
-    scores["within_between_ratio"] = similarity_ratio(S, labels_true)
-    return scores
+    ratio = similarity_ratio(S, labels)
+    if math.isfinite(ratio):
+        return ratio, None
+    sizes = np.unique(_labels_1d(labels, "labels"), return_counts=True)[1]
+    if sizes.size < 2:
+        why = "there is a single class, so no pair of different classes"
+    elif sizes.max() < 2:
+        why = "every class has a single example, so there is no pair of the same class"
+    else:
+        why = "the mean similarity between classes is 0"
+    return None, f"within_between_ratio is null: {why}"
