@@ -254,6 +254,8 @@ def read_npz(path: Path, settings: Settings) -> ParsedDataset:
 
 #: .npy format versions read (3.0 differs only in allowing UTF-8 field names, which no numeric array has).
 NPY_VERSIONS = ((1, 0), (2, 0))
+#: The largest finite float32, in which every dataset is stored.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: Bytes of an array's data decoded at a time when it is converted to float32 (`read_as_float32`).
 DECODE_CHUNK_BYTES = 16 * 2**20
 
@@ -486,7 +488,7 @@ def read_csv(path: Path, settings: Settings, *, label_column: str | None) -> Par
     bounded before parsing (`scan_csv_lines`); rows past max_dataset_examples or max_dataset_bytes stop the read.
     """
     scan_csv_lines(path, settings)
-    values = array.array("d")
+    values = array.array("f")  # float32 as parsed: the table costs what the stored X does
     label_cells: list[tuple[int, str]] = []
     names: list[str] = []
     label_index: int | None = None
@@ -521,8 +523,10 @@ def read_csv(path: Path, settings: Settings, *, label_column: str | None) -> Par
                         label_cells.append((line, cell.strip()))
                         continue
                     number = _number(cell)
-                    if number is None or not math.isfinite(number):
+                    if number is None or not math.isfinite(number) or abs(number) > FLOAT32_MAX:
                         msg = f"row {line}, column {names[c]!r}: expected a finite number"
+                        if number is not None and math.isfinite(number):
+                            msg += f" within float32's range (|x| <= {FLOAT32_MAX:.4g})"
                         raise InvalidInput.at(["body", "file", f"row {line}", f"column {names[c]}"], msg, cell)
                     values.append(number)
                 rows += 1
@@ -532,7 +536,7 @@ def read_csv(path: Path, settings: Settings, *, label_column: str | None) -> Par
         raise InvalidInput.at(["body", "file"], f"not a UTF-8 CSV file: {exc}", None) from exc
     features = max(len(names) - (label_index is not None), 1)
     check_dataset_size((rows, features), settings)
-    table = np.frombuffer(values, dtype=np.float64).reshape(rows, features)
+    table = np.frombuffer(values, dtype=np.float32).reshape(rows, features)
     if label_index is None:
         return checked_dataset(table, None)
     parsed = checked_dataset(table, _csv_labels(label_cells, names[label_index]))
