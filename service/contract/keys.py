@@ -28,7 +28,8 @@ so they never change::
                                                                          time of jobs that ended in <status>
     lelastic:status-index:ready  (STATUS_INDEX_READY)  string  API      set once every record is indexed
     lelastic:streams:<tenant>  (event_streams)      zset    API          open event stream token -> lease expiry
-    lelastic:uploads:<tenant>  (uploads_in_progress)  zset  API          upload in progress token -> lease expiry
+    lelastic:uploads:<tenant>                       zset    API          upload in progress token -> lease expiry
+        (uploads_in_progress)
     lelastic:dataset:<id>  (dataset)                hash    API          id, tenant, kind ("dataset" |
                                                                          "weights"), name, meta (JSON), created_at
     lelastic:datasets:<tenant>  (datasets_index)    zset    API          dataset id -> creation time
