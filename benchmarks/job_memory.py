@@ -2,8 +2,11 @@
 
     python benchmarks/job_memory.py [--quick] [--case NAME ...]
 
-Each case runs `workers.pipeline.run_pipeline` on CPU in a fresh child process (a narrow mlp at its
-seeded initialisation on a synthetic builtin, so the n × n parts dominate) and reports:
+Each case runs `workers.pipeline.run_pipeline` on CPU in a fresh child process, the model at its
+seeded initialisation: by default a narrow mlp on the two_cycles builtin (so the n × n parts dominate);
+the other architectures' cases (mlp3, resmlp: wide stacks of Linear layers; cnn: 1 × 28 × 28 images of
+uniform random pixels with two labels, stored in the job's data dir as an upload is) show the engine's
+own temporaries. Each reports:
 
     peak_rss    the child's peak resident set (VmHWM), whole process, imports included
     base_rss    its resident set after the imports, before the job
@@ -26,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from service.contract.storage import DataDir  # noqa: E402
+
 MiB = 2**20
 
 CASES: dict[str, dict] = {
@@ -42,15 +47,69 @@ CASES: dict[str, dict] = {
     },
     "n8000_relative_step": {"n": 8000, "kind": "relative", "step": 0.01},
     "n2000_trajectory": {"n": 2000, "step": 1e-5, "schedule": "trajectory"},
+    "cnn28_n2000": {"n": 2000, "images": True, "model": {"arch": "cnn"}},
+    "cnn28_n1000_step": {"n": 1000, "images": True, "model": {"arch": "cnn"}, "step": 1e-3},
+    "cnn28_n400_trajectory": {
+        "n": 400,
+        "images": True,
+        "model": {"arch": "cnn"},
+        "step": 1e-3,
+        "schedule": "trajectory",
+    },
+    "cnn28_n1500_repeats3_normalize": {
+        "n": 1500,
+        "images": True,
+        "model": {"arch": "cnn"},
+        "repeats": 3,
+        "normalize": True,
+    },
+    "mlp3_w4096_n2000": {"n": 2000, "model": {"arch": "mlp", "width": 4096, "depth": 3}},
+    "mlp3_w1024_n1000_step": {"n": 1000, "model": {"arch": "mlp", "width": 1024, "depth": 3}, "step": 1e-3},
+    "mlp3_w1024_n500_trajectory": {
+        "n": 500,
+        "model": {"arch": "mlp", "width": 1024, "depth": 3},
+        "step": 1e-5,
+        "schedule": "trajectory",
+    },
+    "resmlp_w4096_n2000": {"n": 2000, "model": {"arch": "resmlp", "width": 4096}},
+    "resmlp_w1024_n1000_step": {"n": 1000, "model": {"arch": "resmlp", "width": 1024}, "step": 1e-3},
+    "resmlp_w1024_n1000_relative_step": {
+        "n": 1000,
+        "model": {"arch": "resmlp", "width": 1024},
+        "kind": "relative",
+        "step": 1e-3,
+    },
+    "resmlp_w2048_n2000_rep2_normalize": {
+        "n": 2000,
+        "model": {"arch": "resmlp", "width": 2048},
+        "repeats": 2,
+        "normalize": True,
+    },
+    "gelu_w1024_n1000_step": {
+        "n": 1000,
+        "model": {"arch": "mlp", "width": 1024, "depth": 2, "activation": "gelu"},
+        "step": 1e-3,
+    },
+    "tanh_w1024_n1000_step": {
+        "n": 1000,
+        "model": {"arch": "mlp", "width": 1024, "depth": 2, "activation": "tanh"},
+        "step": 1e-3,
+    },
+    "mlp_w4096_n4000_activation": {"n": 4000, "model": {"arch": "mlp", "width": 4096}, "kind": "activation"},
 }
 QUICK = ("n4000",)
+#: The stored dataset of the image cases: its id, and the shape of one example.
+IMAGES_ID = "uniform28"
+IMAGE_SHAPE = [1, 28, 28]
 
 
 def case_spec(case: dict) -> dict:
-    """A job spec: two_cycles with n examples, a width-64 mlp at init, the default clustering and baselines."""
+    """A job spec: two_cycles with n examples (or the stored images), the case's model (default: a
+    width-64 mlp) at init, the default clustering and baselines."""
+    dataset = IMAGES_ID if case.get("images") else {"builtin": "two_cycles", "n": case["n"]}
     return {
-        "dataset": {"builtin": "two_cycles", "n": case["n"]},
-        "model": {"arch": "mlp", "width": case.get("width", 64), "depth": 2},
+        "dataset": dataset,
+        "model": case.get("model", {"arch": "mlp", "width": 64, "depth": 2}),
         "weights": {"source": "init"},
         "similarity": {
             "kind": case.get("kind", "kernelized"),
@@ -63,19 +122,36 @@ def case_spec(case: dict) -> dict:
     }
 
 
+def store_images(data_dir: DataDir, n: int) -> None:
+    """Store n uniform [0, 1) images of IMAGE_SHAPE with labels 0 and 1 as the dataset IMAGES_ID, in
+    the file layout of an upload (X float32, y int64)."""
+    import numpy as np
+
+    from service.contract.storage import atomic_open
+
+    rng = np.random.default_rng(0)
+    X = rng.random((n, *IMAGE_SHAPE), dtype=np.float32)
+    with atomic_open(data_dir.dataset_file(IMAGES_ID)) as handle:
+        np.savez(handle, X=X, y=np.arange(n, dtype=np.int64) % 2)
+
+
 def child(name: str) -> None:
     """Run one case in this process; print one JSON line."""
     import torch
     from rss import current_rss, peak_rss, reset_peak
 
     from service.contract.spec import JobSpec
-    from service.contract.storage import DataDir
     from workers.main import preload
     from workers.pipeline import run_pipeline
 
     torch.set_num_threads(2)
     preload()
-    spec = JobSpec.model_validate(case_spec(CASES[name]))
+    case = CASES[name]
+    spec = JobSpec.model_validate(case_spec(case))
+    tmp = tempfile.TemporaryDirectory()
+    data_dir = DataDir(Path(tmp.name) / "data")
+    if case.get("images"):
+        store_images(data_dir, case["n"])
     base = current_rss()
     stages: dict[str, int] = {}
     current = ["start"]
@@ -86,10 +162,8 @@ def child(name: str) -> None:
             reset_peak()
             current[0] = stage
 
-    with tempfile.TemporaryDirectory() as tmp:
-        run_pipeline(
-            spec, job_dir=Path(tmp) / "job", data_dir=DataDir(Path(tmp) / "data"), device_setting="cpu", report=report
-        )
+    with tmp:
+        run_pipeline(spec, job_dir=Path(tmp.name) / "job", data_dir=data_dir, device_setting="cpu", report=report)
     stages[current[0]] = max(stages.get(current[0], 0), peak_rss())
     print(json.dumps({"base": base, "stages": stages}))
 
@@ -99,11 +173,10 @@ def estimate(name: str) -> int:
     from service.contract.memory import estimate_spec_memory
     from service.contract.spec import JobSpec
 
-    spec = JobSpec.model_validate(case_spec(CASES[name]))
-    info = spec.dataset.info()  # a builtin: every example is primary
-    return estimate_spec_memory(
-        spec, n=info["n"], n_auxiliary=0, dataset_rows=info["n"], input_shape=info["shape"]
-    ).total
+    case = CASES[name]
+    spec = JobSpec.model_validate(case_spec(case))
+    shape = IMAGE_SHAPE if case.get("images") else spec.dataset.info()["shape"]  # every example is primary
+    return estimate_spec_memory(spec, n=case["n"], n_auxiliary=0, dataset_rows=case["n"], input_shape=shape).total
 
 
 def main() -> None:

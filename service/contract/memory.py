@@ -9,8 +9,9 @@ the model. On top, one stage at a time (M = 4 n² bytes, the float32 n × n simi
     similarity   the repeats' running sums (none for one repeat; M, or 2M with normalize), the new
                  matrix M, the engine's own n × n temporaries (2M for the η → 0 limit and the
                  activation kind; 3M for a fixed-θ step η > 0, whose rows are overwritten in place;
-                 5M for the trajectory, whose rows and logits are float64) and its work buffers,
-                 and the hidden activations of the examples
+                 5M for the trajectory, whose rows and logits are float64) and the work buffers of
+                 its path (`engine_path`, `engine_work_bytes`), and the hidden activations of the
+                 examples at the widest layer (a convolution's channels × output positions)
     analysis     (synthetic builtins) the raw mean, plus the paired within-class vectors (≤ M)
     clustering   S, plus one n × n copy for kmeans, spectral, or an asymmetric kernel_kmeans
     baselines    S, plus spectral_rbf's affinity (M)
@@ -25,16 +26,28 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from service.contract.architectures import architecture_of
+from service.contract.architectures import ArchitectureSpec, Capabilities, architecture_of, cnn_geometry, image_shape
 from service.contract.spec import JobSpec, parameter_shapes
 
 GiB = 2**30
 MiB = 2**20
 #: A work-horse after its imports, with headroom for BLAS and matplotlib buffers.
 PROCESS_BYTES = 1 * GiB
-#: Work buffers of the engine's blockwise paths: closed-form 2-layer nets, and every other model.
+#: Work buffers of the engine's blockwise paths (`engine_work_bytes`): closed-form 2-layer nets, the
+#: activation kind, the layerwise NTK (row blocks of 256 MiB) and the trajectory (one example's float64
+#: gradient at a time; its forward passes are the hidden activations); torch.func's Jacobians.
 CLOSED_FORM_WORK_BYTES = 512 * MiB
 GENERIC_WORK_BYTES = 3 * GiB
+#: Difference propagation (workers/compute/propagation.py): a block of B probes holds [B, n, width]
+#: float32 temporaries, B sized so that PROPAGATION_ARRAYS of them fit PROPAGATION_BLOCK_BYTES (at
+#: least one probe: 4 · PROPAGATION_ARRAYS · n · width bytes); GELU's differences are float64, twice that.
+PROPAGATION_BLOCK_BYTES = 1 * GiB
+PROPAGATION_ARRAYS = 6
+#: The structured NTK (workers/compute/structured.py): the per-example features kept at once (all of
+#: them while they fit, else two blocks'), plus one block's forward, backward and patches (256 MiB)
+#: and the block buffer beside it.
+STRUCTURED_FEATURE_BYTES = 2 * GiB
+STRUCTURED_WORK_BYTES = 512 * MiB
 #: Up to this many examples spectral clustering is scikit-learn's dense float64 one (workers/compute/clustering.py).
 DENSE_SPECTRAL_MAX = 2048
 #: The elasticity analysis' fixed-size parts (the Spearman sample, the scatter plot).
@@ -76,7 +89,8 @@ def estimate_job_memory(
     features: int,
     parameters: int,
     widest_layer: int,
-    closed_form: bool,
+    path: str,
+    feature_bytes: int = 0,
     kind: str,
     step: float,
     repeats: int,
@@ -90,8 +104,9 @@ def estimate_job_memory(
     """The peak memory bound of one job, in bytes (see the module docstring for the model).
 
     n, n_auxiliary: primary and auxiliary examples; dataset_rows: the whole dataset's; features: per
-    example; parameters and widest_layer: the model's parameter count and widest layer (units);
-    closed_form: a closed-form 2-layer (or 1-layer) net; method: the resolved clustering method, or None.
+    example; parameters and widest_layer: the model's parameter count and widest layer (units per
+    example); path: the engine's path (`engine_path`); feature_bytes: the structured NTK's features per
+    example (bytes); method: the resolved clustering method, or None.
     """
     M = 4 * n * n
     fixed = {
@@ -108,7 +123,7 @@ def estimate_job_memory(
     stages = {
         "similarity": {
             "n × n matrices": held + M + engine,
-            "engine work buffers": CLOSED_FORM_WORK_BYTES if closed_form else GENERIC_WORK_BYTES,
+            "engine work buffers": engine_work_bytes(path, n=n, widest_layer=widest_layer, feature_bytes=feature_bytes),
             "hidden activations": ACTIVATION_BYTES_PER_UNIT * (n + n_auxiliary) * widest_layer,
         },
         "analysis": {"n × n matrices": (2 * M if per_repeat else M) + M if synthetic else 0, "parts": ANALYSIS_BYTES},
@@ -119,6 +134,68 @@ def estimate_job_memory(
     stage, parts = max(stages.items(), key=lambda item: sum(item[1].values()))
     parts = {**parts, **fixed}
     return MemoryEstimate(total=sum(parts.values()), stage=stage, parts=parts)
+
+
+#: The engine's paths (workers/compute/similarity.py picks one from the model's capabilities, kind and step).
+ENGINE_PATHS = ("closed_form", "layerwise", "structured", "propagation", "propagation_float64", "trajectory", "generic")
+
+
+def engine_path(capabilities: Capabilities, *, kind: str, step: float, trajectory: bool) -> str:
+    """The path the engine takes for a model of these capabilities (one of ENGINE_PATHS)."""
+    if kind == "activation":
+        return "closed_form"
+    if trajectory:
+        return "trajectory"
+    if step == 0:
+        if capabilities.closed_form_ntk:
+            return "closed_form"
+        if capabilities.layerwise_ntk:
+            return "layerwise"
+        return "structured" if capabilities.structured_ntk else "generic"
+    if capabilities.closed_form_step:
+        return "closed_form"
+    if capabilities.difference_propagation:
+        return "propagation_float64" if capabilities.activation == "gelu" else "propagation"
+    return "generic"
+
+
+def engine_work_bytes(path: str, *, n: int, widest_layer: int, feature_bytes: int = 0) -> int:
+    """The engine's work buffers on `path` (bytes), for n examples, the widest layer's units per example
+    and the structured NTK's feature bytes per example."""
+    if path in ("closed_form", "layerwise", "trajectory"):
+        return CLOSED_FORM_WORK_BYTES
+    if path == "structured":
+        return min(n * feature_bytes, STRUCTURED_FEATURE_BYTES) + STRUCTURED_WORK_BYTES
+    if path in ("propagation", "propagation_float64"):
+        one_probe = 4 * PROPAGATION_ARRAYS * n * widest_layer
+        return max(PROPAGATION_BLOCK_BYTES, one_probe) * (2 if path == "propagation_float64" else 1)
+    if path == "generic":
+        return GENERIC_WORK_BYTES
+    raise ValueError(f"unknown engine path {path!r}")
+
+
+def widest_units(model: ArchitectureSpec, input_shape: Sequence[int]) -> int:
+    """Units per example of the model's widest layer output: a Linear layer's outputs, or (the cnn) its
+    first convolution's channels × output positions."""
+    shapes = parameter_shapes(model, list(input_shape))
+    widest = max((shape[0] for shape in shapes.values() if shape), default=1)
+    if model.arch != "cnn":
+        return widest
+    _, height, width = image_shape(input_shape)
+    padding, (channels, _, kh, kw) = cnn_geometry(input_shape)["padding"], shapes["conv1.weight"]
+    return max(widest, channels * (height - kh + 1 + 2 * padding) * (width - kw + 1 + 2 * padding))
+
+
+def structured_feature_bytes(shapes: dict[str, list[int]]) -> int:
+    """Bytes per example of the structured NTK's float32 features: each convolution's weight gradient and
+    bias signal (C_out C_in k_h k_w + C_out), and each Linear layer's input and output gradient (in + out)."""
+    numbers = 0
+    for shape in shapes.values():
+        if len(shape) == 4:
+            numbers += math.prod(shape) + shape[0]
+        elif len(shape) == 2:
+            numbers += shape[0] + shape[1]
+    return 4 * numbers
 
 
 def _spectral_bytes(n: int) -> int:
@@ -143,16 +220,17 @@ def estimate_spec_memory(
 ) -> MemoryEstimate:
     """`estimate_job_memory` of a spec, given the sizes its selections resolve to and the input shape."""
     shapes = parameter_shapes(spec.model, list(input_shape))
-    widest = max((shape[0] for shape in shapes.values() if shape), default=1)
     sim = spec.similarity
+    capabilities = architecture_of(spec.model).capabilities(spec.model)
     return estimate_job_memory(
         n=n,
         n_auxiliary=n_auxiliary,
         dataset_rows=dataset_rows,
         features=math.prod(input_shape),
         parameters=sum(math.prod(shape) for shape in shapes.values()),
-        widest_layer=widest,
-        closed_form=architecture_of(spec.model).capabilities(spec.model).closed_form_ntk,
+        widest_layer=widest_units(spec.model, input_shape),
+        path=engine_path(capabilities, kind=sim.kind, step=sim.step, trajectory=sim.schedule == "trajectory"),
+        feature_bytes=structured_feature_bytes(shapes),
         kind=sim.kind,
         step=sim.step,
         repeats=sim.repeats,
@@ -165,4 +243,14 @@ def estimate_spec_memory(
     )
 
 
-__all__ = ["MemoryEstimate", "estimate_job_memory", "estimate_spec_memory", "size_text"]
+__all__ = [
+    "ENGINE_PATHS",
+    "MemoryEstimate",
+    "engine_path",
+    "engine_work_bytes",
+    "estimate_job_memory",
+    "estimate_spec_memory",
+    "size_text",
+    "structured_feature_bytes",
+    "widest_units",
+]

@@ -217,3 +217,29 @@ def test_every_path_reports_progress_and_a_raising_callback_cancels_it(monkeypat
 
     with pytest.raises(Canceled):
         similarity(model, X, kind="kernelized", step=step, loss="mse", progress=cancel)
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        (LinearModel(arch="linear"), [6]),
+        (MLPModel(width=8, depth=2, activation="relu"), [6]),
+        (MLPModel(width=8, depth=2, activation="gelu"), [6]),
+        (MLPModel(width=8, depth=3, activation="tanh"), [6]),
+        (ResMLPModel(arch="resmlp", width=8), [6]),
+        (CNNModel(arch="cnn"), [64]),
+    ],
+)
+def test_the_memory_estimate_follows_the_path_the_engine_takes(spec, shape):
+    """service.contract.memory sizes the engine's work buffers by the path it expects from the spec's
+    capabilities: they must be the built model's, and at step 0 the engine's own choice must be that path
+    (at a step the engine branches on the same capability flags)."""
+    from service.contract.architectures import architecture_of
+    from service.contract.memory import engine_path
+    from workers.compute.scalar_net import capabilities_of
+
+    model = build_model(spec, shape, seed=0)
+    capabilities = architecture_of(spec).capabilities(spec)
+    assert capabilities == capabilities_of(model)
+    engine_limit = {"jacobian": "generic"}.get(resolve_implementation(model), resolve_implementation(model))
+    assert engine_path(capabilities, kind="kernelized", step=0, trajectory=False) == engine_limit

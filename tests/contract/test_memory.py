@@ -6,8 +6,18 @@ from typing import Any
 
 import pytest
 
-from service.contract.memory import GiB, estimate_job_memory, estimate_spec_memory
-from service.contract.spec import JobSpec
+from service.contract.architectures import architecture_of
+from service.contract.memory import (
+    GiB,
+    MiB,
+    engine_path,
+    engine_work_bytes,
+    estimate_job_memory,
+    estimate_spec_memory,
+    structured_feature_bytes,
+    widest_units,
+)
+from service.contract.spec import JobSpec, parameter_shapes
 
 BASE: dict[str, Any] = dict(
     n=8000,
@@ -16,7 +26,7 @@ BASE: dict[str, Any] = dict(
     features=2,
     parameters=257,
     widest_layer=64,
-    closed_form=True,
+    path="closed_form",
     kind="kernelized",
     step=0.0,
     repeats=1,
@@ -79,3 +89,73 @@ def test_the_demo_sized_jobs_fit_in_two_gib(n):
     spec = JobSpec.model_validate({"dataset": {"builtin": "digits"}})
     estimate = estimate_spec_memory(spec, n=n, n_auxiliary=0, dataset_rows=1797, input_shape=[64])
     assert estimate.total < 2 * GiB
+
+
+def path_of(model: dict[str, Any], **similarity: Any) -> str:
+    spec = JobSpec.model_validate({"dataset": {"builtin": "digits"}, "model": model, "similarity": similarity})
+    capabilities = architecture_of(spec.model).capabilities(spec.model)
+    sim = spec.similarity
+    return engine_path(capabilities, kind=sim.kind, step=sim.step, trajectory=sim.schedule == "trajectory")
+
+
+@pytest.mark.parametrize(
+    ("model", "similarity", "path"),
+    [
+        ({"arch": "mlp", "depth": 2}, {"step": 0.001}, "closed_form"),  # relu: the exact step in GEMMs
+        ({"arch": "mlp", "depth": 2, "activation": "tanh"}, {"step": 0.001}, "propagation"),
+        ({"arch": "mlp", "depth": 2, "activation": "gelu"}, {"step": 0.001}, "propagation_float64"),
+        ({"arch": "mlp", "depth": 2, "activation": "gelu"}, {"step": 0}, "closed_form"),
+        ({"arch": "mlp", "depth": 3}, {"step": 0}, "layerwise"),
+        ({"arch": "resmlp"}, {"step": 0.001}, "propagation"),
+        ({"arch": "cnn"}, {"step": 0}, "structured"),
+        ({"arch": "cnn"}, {"step": 0.001}, "propagation"),
+        ({"arch": "cnn"}, {"step": 0.001, "schedule": "trajectory"}, "trajectory"),
+        ({"arch": "resmlp"}, {"kind": "activation"}, "closed_form"),
+    ],
+)
+def test_the_engine_path_follows_the_capabilities_kind_and_step(model, similarity, path):
+    assert path_of(model, **similarity) == path
+
+
+def test_the_propagation_buffers_hold_a_block_or_one_probe_and_double_for_gelu():
+    assert engine_work_bytes("propagation", n=1000, widest_layer=1024) == 1 * GiB  # 6 · 4 · 1000 · 1024 < 1 GiB
+    assert engine_work_bytes("propagation_float64", n=1000, widest_layer=1024) == 2 * GiB
+    assert engine_work_bytes("propagation", n=20_000, widest_layer=4096) == 24 * 20_000 * 4096  # one probe
+    assert engine_work_bytes("closed_form", n=20_000, widest_layer=4096) == 512 * MiB
+
+
+def test_the_structured_ntk_keeps_its_features_up_to_two_gib():
+    shapes = parameter_shapes(JobSpec.model_validate({"dataset": "d", "model": {"arch": "cnn"}}).model, [1, 28, 28])
+    # conv1 20·1·25 + 20, conv2 50·20·25 + 50, fc1 800 + 500, fc2 500 + 1 numbers per example
+    assert structured_feature_bytes(shapes) == 4 * (520 + 25_050 + 1300 + 501) == 109_484
+    assert engine_work_bytes("structured", n=2000, widest_layer=1, feature_bytes=109_484) == 218_968_000 + 512 * MiB
+    assert engine_work_bytes("structured", n=100_000, widest_layer=1, feature_bytes=109_484) == 2 * GiB + 512 * MiB
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "units"),
+    [
+        ({"arch": "cnn"}, [1, 28, 28], 20 * 24 * 24),  # conv1's maps, wider than fc1's 500
+        ({"arch": "cnn"}, [64], 20 * 8 * 8),  # 8 × 8 digits, padding 2
+        ({"arch": "mlp", "width": 1024, "depth": 3}, [784], 1024),
+        ({"arch": "resmlp", "width": 2048}, [2], 2048),
+    ],
+)
+def test_the_widest_layer_counts_a_convolutions_channels_and_positions(model, shape, units):
+    assert widest_units(JobSpec.model_validate({"dataset": "d", "model": model}).model, shape) == units
+
+
+def test_a_gelu_step_and_a_cnn_step_count_their_own_buffers_and_activations():
+    gelu = JobSpec.model_validate(
+        {
+            "dataset": {"builtin": "two_cycles", "n": 1000},
+            "model": {"arch": "mlp", "width": 1024, "activation": "gelu"},
+            "similarity": {"step": 0.001},
+        }
+    )
+    parts = estimate_spec_memory(gelu, n=1000, n_auxiliary=0, dataset_rows=1000, input_shape=[2]).parts
+    assert parts["engine work buffers"] == 2 * GiB
+    cnn = JobSpec.model_validate({"dataset": "d", "model": {"arch": "cnn"}, "similarity": {"step": 0.001}})
+    parts = estimate_spec_memory(cnn, n=1000, n_auxiliary=0, dataset_rows=1000, input_shape=[1, 28, 28]).parts
+    assert parts["hidden activations"] == 32 * 1000 * 11_520
+    assert parts["engine work buffers"] == 1 * GiB
