@@ -131,7 +131,7 @@ def json_safe(value: Any) -> Any:
     return _utf8_safe(replace_non_finite(jsonable_encoder(value), repr))
 
 
-def utf8_text(text: str) -> str:
+def _utf8_text(text: str) -> str:
     """`text` with every lone surrogate (which UTF-8 cannot encode) written as its escape, e.g. "\\ud800"."""
     try:
         text.encode("utf-8")
@@ -142,7 +142,7 @@ def utf8_text(text: str) -> str:
 
 def _utf8_safe(value: Any) -> Any:
     if isinstance(value, str):
-        return utf8_text(value)
+        return _utf8_text(value)
     if isinstance(value, list):
         return [_utf8_safe(v) for v in value]
     if isinstance(value, dict):

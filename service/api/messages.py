@@ -56,14 +56,13 @@ def _rewritten(error: dict[str, Any], body: Any) -> dict[str, Any]:
     msg = str(error.get("msg", "")).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     msg = ENUM_MEMBER.sub(r"\1", re.sub(r" or instance of \w+", "", msg))
     entry: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": error.get("input")}
-    ctx = error.get("ctx")
+    ctx = {
+        k: ENUM_MEMBER.sub(r"\1", v) if isinstance(v, str) else v
+        for k, v in (error.get("ctx") or {}).items()
+        if k != "error"
+    }
     if ctx:
-        entry["ctx"] = {
-            k: ENUM_MEMBER.sub(r"\1", v) if isinstance(v, str) else v for k, v in ctx.items() if k != "error"
-        }
-        entry["ctx"] = entry["ctx"] or None
-        if entry["ctx"] is None:
-            del entry["ctx"]
+        entry["ctx"] = ctx
     suggestion = _suggestion(kind, loc, error, body)
     if suggestion:
         entry["msg"] += f"; did you mean {suggestion!r}?"

@@ -40,7 +40,7 @@ def check_query_parameters(request: Request) -> None:
     declared = _declared(route.dependant)  # a few fields: cheaper than a cache keyed by route
     allowed = ", ".join(sorted(declared)) or "none"
     problems: list[dict[str, Any]] = []
-    for name in dict.fromkeys(request.query_params.keys()):
+    for name in request.query_params.keys():  # each name once
         values = request.query_params.getlist(name)
         if name not in declared:
             msg = f"unknown query parameter {name!r}; this route takes: {allowed}"
